@@ -1,0 +1,184 @@
+"""`Policy`: one calling convention over every masked-diffusion LM the project trains.
+
+Whatever the checkpoint (the tiny bidirectional Llama, LLaDA, Dream), `policy(input_ids,
+attention_mask)` returns an object whose `.logits[:, i]` is the prediction for token i, and the
+policy knows its mask, EOS and pad ids. Differences hidden here:
+- Dream is trained with shifted logits (position i-1 predicts token i): they are shifted back.
+- Padding: batches are left-padded; models that take `position_ids` get positions that start at
+  0 on the first real token, so a padded sequence sees exactly what it would see alone.
+- LLaDA's and Dream's remote code take the padding mask in different shapes.
+This module does not sample (rollout/) or compute likelihoods (learner/).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dllm.precision import resolve_device, resolve_dtype
+
+# LLaDA's remote config does not always carry the mask id; its model card fixes it.
+LLADA_MASK_ID = 126336
+KINDS = ("llama", "llada", "dream")
+
+
+@dataclass
+class PolicyOutput:
+    logits: torch.Tensor  # [B, T, V]; logits[:, i] predicts token i
+    cache: object | None = None  # the model's KV cache object when asked for one (use_cache=True)
+
+
+class Policy(nn.Module):
+    """A masked-diffusion LM with aligned logits and known special-token ids."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        kind: str,
+        mask_id: int,
+        eos_id: int,
+        pad_id: int,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown policy kind {kind!r}; expected one of {KINDS}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.mask_id = int(mask_id)
+        self.eos_id = int(eos_id)
+        self.pad_id = int(pad_id)
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.parameters())
+        return f"Policy(kind={self.kind}, params={n / 1e6:.2f}M, mask_id={self.mask_id})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **model_kwargs,
+    ) -> PolicyOutput:
+        """Logits aligned to positions; `attention_mask` is [B, T] with 1 on real tokens."""
+        kwargs = dict(model_kwargs)
+        kwargs.setdefault("use_cache", False)  # a KV cache only when the sampler asks for one
+        if attention_mask is not None and bool((attention_mask == 0).any()):
+            kwargs.update(self._padding_kwargs(attention_mask, kwargs))
+        out = self.model(input_ids=input_ids, **kwargs)
+        logits = out.logits
+        if self.kind == "dream":
+            # Dream's logits at i-1 predict token i; position 0 has no predecessor and keeps its own.
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        # transformers 5 names the cache `cache`; remote code (LLaDA, Dream) `past_key_values`.
+        keys = out.keys() if hasattr(out, "keys") else ()
+        cache = out["cache"] if "cache" in keys else out["past_key_values"] if "past_key_values" in keys else None
+        return PolicyOutput(logits=logits, cache=cache)
+
+    def _padding_kwargs(self, attention_mask: torch.Tensor, kwargs: dict) -> dict:
+        mask = attention_mask.to(torch.long)
+        extra: dict = {}
+        if self.kind in ("llama", "dream") and "position_ids" not in kwargs:
+            extra["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self.kind == "dream":
+            # Dream's remote code expects a [B, 1, T, T] boolean mask (real query x real key).
+            keep = mask.bool()
+            extra["attention_mask"] = keep[:, None, :, None] & keep[:, None, None, :]
+        else:
+            extra["attention_mask"] = mask
+        return extra
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Weights (safetensors), config and tokenizer, loadable with `load_policy(path)`."""
+        path = Path(path)
+        self.model.save_pretrained(path, safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+
+
+def _read_model_type(path: Path) -> str:
+    cfg = json.loads((path / "config.json").read_text())
+    return str(cfg.get("model_type", "")).lower()
+
+
+def _kind_of(model_type: str, name: str) -> str:
+    if "llada" in model_type or "llada" in name.lower():
+        return "llada"
+    if "dream" in model_type or "dream" in name.lower():
+        return "dream"
+    if model_type == "llama":
+        return "llama"
+    raise ValueError(
+        f"cannot tell which diffusion LM {name!r} is (model_type={model_type!r}); "
+        "supported: the tiny bidirectional llama, LLaDA, Dream"
+    )
+
+
+def _mask_id(model: nn.Module, tokenizer, kind: str) -> int:
+    for source in (getattr(model.config, "mask_token_id", None), getattr(tokenizer, "mask_token_id", None)):
+        if source is not None:
+            return int(source)
+    if kind == "llada":
+        return LLADA_MASK_ID
+    raise ValueError("the checkpoint has no mask token (neither config.mask_token_id nor tokenizer.mask_token)")
+
+
+def load_policy(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    trust_remote_code: bool = True,
+    attn_implementation: str | None = None,
+) -> Policy:
+    """Load a checkpoint folder or hub name (LLaDA and Dream need `trust_remote_code`)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no per-shard progress bars in worker logs
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    local = Path(name_or_path)
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise FileNotFoundError(f"{local} has no config.json: not a model checkpoint folder")
+        model_type = _read_model_type(local)
+    else:  # a hub name: only the config is fetched first, to pick the class
+        model_type = AutoConfig.from_pretrained(
+            str(name_or_path), trust_remote_code=trust_remote_code
+        ).model_type.lower()
+    kind = _kind_of(model_type, str(name_or_path))
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if kind == "llama":
+        model = LlamaForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype, **extra)
+        if getattr(model.config, "is_causal", True):
+            raise ValueError(
+                f"{name_or_path} is a causal Llama (is_causal is not False): not a diffusion LM"
+            )
+    else:
+        model = AutoModel.from_pretrained(
+            str(name_or_path), trust_remote_code=trust_remote_code, dtype=torch_dtype, **extra
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"  # the project's one padding convention (see module docstring)
+    mask_id = _mask_id(model, tokenizer, kind)
+    eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
+    if eos_id is None:
+        raise ValueError(f"{name_or_path} defines no EOS token")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    policy = Policy(model, tokenizer, kind=kind, mask_id=mask_id, eos_id=eos_id, pad_id=pad_id)
+    return policy.to(device=dev).eval()

@@ -1,0 +1,85 @@
+"""Answer extraction and string normalisation shared by the tasks.
+
+Everything here is linear in the completion length (completions may be megabytes) and never
+evaluates anything. Math equivalence beyond normalised strings lives in `rewards.mathcheck`,
+run in a child process.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_BOXED_OR_BRACE = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last brace-matched `\\boxed{...}` (or `\\fbox{...}`); None if none closes.
+
+    One forward pass with a stack, so an unclosed `\\boxed{` (a truncated answer) falls back to
+    the previous closed one without rescanning. For nested boxes the one that opens last wins,
+    as with the usual `rfind("\\boxed")` extraction.
+    """
+    stack: list[int] = []  # content start for \boxed{ openers, -1 for plain braces
+    best_start, best = -1, None
+    for match in _BOXED_OR_BRACE.finditer(text):
+        token = match.group()
+        if token == "}":
+            if not stack:
+                continue  # a stray closing brace outside any group
+            start = stack.pop()
+            if start >= 0 and start > best_start:
+                best_start, best = start, text[start:match.start()]
+        elif token == "{":
+            stack.append(-1)
+        else:
+            stack.append(match.end())
+    return best
+
+
+def last_tag(text: str, tag: str = "answer") -> str | None:
+    """Content of the last complete `<tag>...</tag>` pair, stripped; None if there is none."""
+    close = f"</{tag}>"
+    end = text.rfind(close)
+    while end != -1:
+        start = text.rfind(f"<{tag}>", 0, end)
+        if start != -1:
+            return text[start + len(tag) + 2:end].strip()
+        end = text.rfind(close, 0, end)  # a closing tag with no opener before it
+    return None
+
+
+_TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf)\s*\{([^{}]*)\}")
+_DROP = re.compile(r"\\left|\\right|\\[,!;: ]|\\displaystyle|\$|\s+")
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def normalise(answer: str) -> str:
+    """A canonical string for an answer: no spacing macros, `\\left`, `$`, `\\text{}`, units of
+    degrees, trailing periods, `dfrac`; thousands separators removed from plain numbers."""
+    s = _TEXT_WRAPPERS.sub(r"\1", answer)
+    s = _DROP.sub("", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\%", "").replace("%", "")
+    s = s.rstrip(".")
+    if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?", s):
+        s = s.replace(",", "")
+    return s
+
+
+def as_number(normalised: str) -> Fraction | None:
+    """The exact value of a plain decimal or `a/b` / `\\frac{a}{b}` string, else None."""
+    s = normalised
+    frac = re.fullmatch(r"(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?", s)
+    if frac:
+        s = f"{frac.group(1)}{frac.group(2)}/{frac.group(3)}"
+    parts = s.split("/")
+    if len(parts) > 2 or not all(_NUMBER.fullmatch(p) and len(p) <= 40 for p in parts):
+        return None
+    try:
+        value = Fraction(parts[0])
+        if len(parts) == 2:
+            value /= Fraction(parts[1])
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value

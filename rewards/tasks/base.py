@@ -1,0 +1,28 @@
+"""The interface every task implements: prompt formatting, answer extraction and scoring.
+
+A task never touches torch and never runs untrusted input in-process without a bound:
+anything that could stall (math-verify, sympy, code) goes through a child process or the
+sandbox. Dataset rows follow the d1/BGPO parquet layout: keys `prompt` (chat messages),
+`reward_model` ({ground_truth, style}) and `extra_info` (task fields).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from rewards.types import RewardResult, ScoringOptions
+
+
+class Task(ABC):
+    """One task (gsm8k, math, countdown, sudoku, humaneval, mbpp)."""
+
+    name: str = ""
+    presets: tuple[str, ...] = ("bgpo",)  # reward presets this task understands
+
+    def format_prompt(self, item: dict) -> list[dict]:
+        """Chat messages for the policy; by default the row's own `prompt` field."""
+        return list(item["prompt"])
+
+    @abstractmethod
+    def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:
+        """Score one completion against one dataset row. Must not raise on any completion."""
