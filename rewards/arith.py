@@ -16,7 +16,7 @@ from fractions import Fraction
 
 MAX_CHARS = 1000  # longer expressions are refused before parsing
 MAX_LITERAL_DIGITS = 30  # refuses `10**9`-sized constants written out in full as well
-MAX_BITS = 4096  # refuses intermediate numerators/denominators larger than this
+MAX_BITS = 1024  # refuses intermediate numerators/denominators larger than this
 _ALLOWED_CHARS = frozenset("0123456789+-*/() \t\n")
 
 

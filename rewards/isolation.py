@@ -7,8 +7,8 @@ with them disabled `\\boxed{9^{9^{9^{9}}}}` holds the GIL for over a minute. A t
 replaced by a fresh one, never merely abandoned.
 
 What it does:
-- `IsolationPool(size)` keeps `size` children started with the `spawn` context (no inherited
-  locks or threads), each pre-importing the modules it will run, so a call costs one pipe
+- `IsolationPool(size)` keeps `size` children, fresh interpreters started with subprocess (no
+  inherited locks or threads, and the caller's __main__ is never re-run), each pre-importing the modules it will run, so a call costs one pipe
   round trip (well under a millisecond) plus the work itself.
 - `call("rewards.mathcheck:verify", *args, deadline_s=...)` runs a function named by
   "module:function" (modules under `rewards.` only) and returns a `CallResult`.
@@ -25,10 +25,14 @@ from __future__ import annotations
 import atexit
 import ctypes
 import importlib
-import multiprocessing
+import json
+import logging
 import os
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+log = logging.getLogger(__name__)
 _ALLOWED_PREFIX = "rewards."
 _DEFAULT_PRELOAD = ("rewards.mathcheck",)
 
@@ -74,7 +79,7 @@ def _set_parent_death_signal(parent_pid: int) -> None:
 
 
 def _child_main(conn: Connection, parent_pid: int, preload: tuple, memory_limit: int) -> None:
-    """Entry point of a child: preload, say ready, then serve requests until the pipe closes."""
+    """Serve requests in a child: preload, say ready, then run calls until the pipe closes."""
     _set_parent_death_signal(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if memory_limit > 0:
@@ -99,23 +104,41 @@ def _child_main(conn: Connection, parent_pid: int, preload: tuple, memory_limit:
             conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))
 
 
-class _Child:
-    """One child process and the parent's end of its pipe."""
+def _child_entry() -> None:
+    """`python -c` bootstrap target: argv = [fd, parent_pid, memory_limit, preload...]."""
+    fd, parent_pid, memory_limit = (int(a) for a in sys.argv[1:4])
+    _child_main(Connection(fd), parent_pid, tuple(sys.argv[4:]), memory_limit)
 
-    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection) -> None:
+
+# The child is a fresh interpreter started with subprocess, not multiprocessing's spawn/forkserver:
+# those re-run the parent's __main__ module in the child, which breaks under `python -` and
+# re-executes any script without a __main__ guard. sys.path is handed over explicitly.
+_BOOTSTRAP = (
+    "import sys, json; sys.path[:0] = json.loads(sys.argv.pop(1)); "
+    "from rewards.isolation import _child_entry; _child_entry()"
+)
+
+
+class _Child:
+    """One child process and the parent's end of its socket."""
+
+    def __init__(self, process: subprocess.Popen, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.ready = False
         self.calls = 0
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def kill(self) -> None:
         """SIGKILL and reap; safe to call twice."""
+        if self.process.poll() is None:
+            self.process.kill()
         try:
-            if self.process.pid is not None and self.process.is_alive():
-                os.kill(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # already gone
-        self.process.join(timeout=5)
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("isolation child %d did not die after SIGKILL", self.process.pid)
         self.conn.close()
 
 
@@ -132,7 +155,6 @@ class IsolationPool:
     ) -> None:
         if size < 1:
             raise ValueError(f"IsolationPool size must be >= 1, got {size}")
-        self._ctx = multiprocessing.get_context("spawn")
         self._preload = tuple(preload)
         self._memory_limit = memory_limit_bytes
         self._startup_timeout = startup_timeout_s
@@ -148,16 +170,16 @@ class IsolationPool:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _start_child(self) -> _Child:
-        parent_end, child_end = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=_child_main,
-            args=(child_end, os.getpid(), self._preload, self._memory_limit),
-            name="rewards-isolation",
-            daemon=True,
-        )
-        process.start()
-        child_end.close()
-        return _Child(process, parent_end)
+        parent_sock, child_sock = socket.socketpair()
+        fd = child_sock.fileno()
+        argv = [sys.executable, "-c", _BOOTSTRAP, json.dumps(sys.path), str(fd), str(os.getpid()),
+                str(self._memory_limit), *self._preload]
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       pass_fds=(fd,), close_fds=True)
+        finally:
+            child_sock.close()
+        return _Child(process, Connection(parent_sock.detach()))
 
     def _new_child(self) -> _Child:
         return self._spawner.submit(self._start_child).result()
@@ -261,7 +283,7 @@ class IsolationPool:
         return {
             "size": self._size,
             "idle": len(idle),
-            "idle_alive": sum(c.process.is_alive() for c in idle),
+            "idle_alive": sum(c.alive() for c in idle),
             "closed": self._closed,
             **self.stats,
         }
@@ -272,15 +294,19 @@ _POOL_PID = -1
 _POOL_LOCK = threading.Lock()
 
 
-def get_pool(min_size: int = 2) -> IsolationPool:
-    """The process-wide pool, created on first use and grown to at least `min_size`."""
+DEFAULT_POOL_SIZE = 2
+
+
+def get_pool(min_size: int | None = None) -> IsolationPool:
+    """The process-wide pool, created on first use (DEFAULT_POOL_SIZE children unless
+    `min_size` says otherwise) and grown to at least `min_size` when that is given."""
     global _POOL, _POOL_PID
     with _POOL_LOCK:
         if _POOL is None or _POOL_PID != os.getpid() or _POOL._closed:
-            _POOL = IsolationPool(min_size)
+            _POOL = IsolationPool(min_size or DEFAULT_POOL_SIZE)
             _POOL_PID = os.getpid()
             atexit.register(_POOL.close)
-        elif _POOL.size < min_size:
+        elif min_size is not None and _POOL.size < min_size:
             _POOL.resize(min_size)
         return _POOL
 

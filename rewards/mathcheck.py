@@ -13,8 +13,11 @@ from __future__ import annotations
 import functools
 import logging
 
-from math_verify import parse
-from math_verify import verify as mv_verify
+try:
+    from math_verify import parse
+    from math_verify import verify as mv_verify
+except ImportError:  # the `math` extra is optional; verify() then says what is missing
+    parse = mv_verify = None
 
 # math-verify warns on every call that its timeouts are off; that is deliberate here.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -34,6 +37,8 @@ def _parse_gold(gold: str) -> list:
 def verify(gold: str, answer: str) -> bool:
     """True when `answer` is mathematically equal to `gold` (gold first: math-verify is not
     symmetric)."""
+    if parse is None:
+        raise RuntimeError("math-verify is not installed (pip install 'bgpo[math]')")
     gold_parsed = _parse_gold(gold)
     answer_parsed = parse(_wrap(answer), parsing_timeout=None)
     if not gold_parsed or not answer_parsed:

@@ -50,7 +50,7 @@ def last_tag(text: str, tag: str = "answer") -> str | None:
 
 
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf)\s*\{([^{}]*)\}")
-_DROP = re.compile(r"\\left|\\right|\\[,!;: ]|\\displaystyle|\$|\s+")
+_DROP = re.compile(r"\\\$|\\left|\\right|\\[,!;: ]|\\displaystyle|\$|\s+")
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 

@@ -1,0 +1,19 @@
+# The two commands of the README: `make train` (the main job) and `make test`. Both set up first.
+.PHONY: setup train test lint bench
+
+# Ray on one machine: keep every listener on loopback and token auth off for throwaway clusters
+# (../shared/reference/platform.md); real clusters set RAY_AUTH_MODE=token.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export RAY_AUTH_MODE ?= disabled
+
+setup:
+	bash scripts/setup.sh
+
+train: setup
+	.venv/bin/bgpo train $(ARGS)
+
+test: setup
+	.venv/bin/python -m pytest -q $(ARGS)
+
+lint: setup
+	.venv/bin/ruff check .

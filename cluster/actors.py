@@ -1,0 +1,292 @@
+"""Ray actors of a run: thin wrappers that put the plain workers on the cluster.
+
+`RolloutActor` wraps rollout.RolloutWorker, `VerifierActor` rewards.VerifierWorker and
+`LearnerActor` learner.LearnerWorker; each adds only what needs Ray or a process: threads per
+reserved CPU, the learners' torch.distributed group, the weight-sync group, checkpoint I/O.
+Actors are named (`rollout-3`, `verifier-1`, `learner-0`) by cluster.groups; the `__repr__`
+below is what the Ray dashboard and the log prefixes show.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import numpy as np
+import ray
+import torch
+import torch.distributed as dist
+
+from cluster.config import RunConfig
+from cluster.policy_factory import build_policy, set_threads
+from cluster.weight_sync import (
+    SyncGroup,
+    SyncGroupSpec,
+    free_port,
+    load_buckets_into,
+    numpy_buckets,
+    plan_for,
+    receive_weights,
+    send_weights,
+)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no progress bars in actor logs
+
+
+def sampling_config(section):
+    from rollout.config import SamplingConfig
+
+    return SamplingConfig(**section.model_dump())
+
+
+def learner_config(config: RunConfig):
+    from learner.worker import LearnerConfig
+
+    lc = config.learner
+    return LearnerConfig(
+        objective=lc.objective,
+        n_t=lc.n_t,
+        micro_batch_size=lc.micro_batch_size,
+        mc_chunk=lc.mc_chunk,
+        lr=lc.lr,
+        weight_decay=lc.weight_decay,
+        betas=tuple(lc.betas),
+        grad_clip=lc.grad_clip,
+        seed=config.seed,
+        clip_eps=lc.clip_eps,
+    )
+
+
+class _WeightReceiver:
+    """Shared by actors that receive weights: the sync group and the bucket plan."""
+
+    sync: SyncGroup | None = None
+    buckets: list | None = None
+
+    def join_sync(self, spec: SyncGroupSpec, rank: int, buckets: list) -> bool:
+        if self.sync is not None:
+            self.sync.close()
+        self.sync = SyncGroup(spec, rank, self.policy_device())
+        self.buckets = buckets
+        return True
+
+    def leave_sync(self) -> bool:
+        if self.sync is not None:
+            self.sync.close()
+        self.sync = None
+        return True
+
+
+class RolloutActor(_WeightReceiver):
+    def __init__(self, worker_id: str, config: dict) -> None:
+        from rollout.worker import RolloutWorker
+
+        self.config = RunConfig.model_validate(config)
+        set_threads(self.config.rollout.num_cpus)
+        self.worker_id = worker_id
+        policy = build_policy(self.config)
+        self.train_sampling = sampling_config(self.config.rollout.sampling)
+        self.eval_sampling = sampling_config(self.config.rollout.eval_sampling)
+        self.worker = RolloutWorker(
+            worker_id, policy, self.train_sampling, seed=self.config.seed,
+            micro_batch_size=self.config.rollout.micro_batch_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"RolloutActor({self.worker_id}, v={self.worker.policy_version})"
+
+    def policy_device(self) -> torch.device:
+        return self.worker.policy.device
+
+    def ping(self) -> dict:
+        return {"worker_id": self.worker_id, "version": self.worker.policy_version}
+
+    def generate(self, request: dict) -> dict:
+        """request: prompts (token-id lists), group_ids, item_indices, group_size, seed, eval,
+        and `old_terms` = {n_t, seed, micro_batch_size} in asynchronous mode (bgpo.md 2: the
+        behaviour policy's ell_old under masks drawn here, reused by the learner)."""
+        start = time.perf_counter()
+        # The actor runs one method at a time, so switching the sampler settings is race-free.
+        self.worker.sampling = self.eval_sampling if request.get("eval") else self.train_sampling
+        rollouts = self.worker.generate(
+            request["prompts"],
+            request["group_size"],
+            group_ids=request["group_ids"],
+            seed=request["seed"],
+            item_indices=request["item_indices"],
+        )
+        out = {"rollouts": rollouts, "worker_id": self.worker_id, "seconds": time.perf_counter() - start}
+        if request.get("old_terms"):
+            out.update(self._old_terms(rollouts, request["old_terms"]))
+        return out
+
+    @torch.no_grad()
+    def _old_terms(self, rollouts: list, spec: dict) -> dict:
+        from learner.batch import build_train_batch
+        from learner.elbo import draw_masks, old_terms
+
+        policy = self.worker.policy
+        batch = build_train_batch(
+            [r.prompt_ids for r in rollouts],
+            [r.response_ids for r in rollouts],
+            [0.0] * len(rollouts),
+            list(range(len(rollouts))),
+            pad_id=policy.pad_id,
+        ).to(policy.device)
+        gen = torch.Generator().manual_seed(spec["seed"])
+        masks = draw_masks(len(rollouts), spec["n_t"], batch.response_length, gen)
+        ell = old_terms(policy, batch, masks, micro_batch_size=spec["micro_batch_size"])
+        return {"masks": masks.numpy(), "ell_old": ell.cpu().numpy()}
+
+    def receive_weights(self, version: int) -> float:
+        start = time.perf_counter()
+        flats = receive_weights(self.sync, self.buckets)
+        self.worker.load_weights(version, self.buckets, flats)
+        return time.perf_counter() - start
+
+    def load_numpy_weights(self, version: int, payload: tuple) -> float:
+        """payload = (bucket plans, numpy arrays), resolved from the object store zero-copy."""
+        start = time.perf_counter()
+        buckets, arrays = payload
+        self.worker.load_weights(version, buckets, arrays)
+        return time.perf_counter() - start
+
+
+class VerifierActor:
+    def __init__(self, worker_id: str, config: dict) -> None:
+        from rewards import ScoringOptions
+        from rewards.verifier import VerifierWorker
+
+        cfg = RunConfig.model_validate(config)
+        options = ScoringOptions(deadline_s=cfg.rewards.deadline_s, allow_unsandboxed=cfg.rewards.allow_unsandboxed)
+        self.worker = VerifierWorker(
+            worker_id, preset=cfg.task.preset, max_concurrency=cfg.rewards.max_concurrency, options=options
+        )
+        self.worker_id = worker_id
+
+    def __repr__(self) -> str:
+        return f"VerifierActor({self.worker_id})"
+
+    def score(self, requests: list[dict]) -> list[dict]:
+        return [r.to_dict() for r in self.worker.score_batch(requests)]
+
+    def health(self) -> dict:
+        return self.worker.health()
+
+    def counters(self) -> dict:
+        return self.worker.counters()
+
+
+class LearnerActor:
+    def __init__(self, rank: int, world_size: int, config: dict) -> None:
+        self.config = RunConfig.model_validate(config)
+        set_threads(self.config.learner.num_cpus)
+        _quiet_transformers()
+        self.rank, self.world_size = rank, world_size
+        self.policy = build_policy(self.config)
+        self.worker = None
+        self.sync: SyncGroup | None = None
+        self.buckets = None
+
+    def __repr__(self) -> str:
+        return f"LearnerActor(learner-{self.rank}/{self.world_size})"
+
+    def endpoint(self) -> tuple[str, int]:
+        """Address and a free port on this node, for the learner group's rendezvous."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def init_group(self, host: str, port: int) -> bool:
+        """Join the learners' torch.distributed group (gloo on CPU, NCCL on GPU), then build the worker."""
+        from learner.worker import LearnerWorker
+
+        group = None
+        if self.world_size > 1:
+            backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
+            dist.init_process_group(
+                backend,
+                init_method=f"tcp://{host}:{port}",
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=timedelta(seconds=300),
+            )
+            group = dist.group.WORLD
+        self.worker = LearnerWorker(
+            self.policy, learner_config(self.config), rank=self.rank, world_size=self.world_size, process_group=group
+        )
+        return True
+
+    def warm_start(self, examples: tuple, response_length: int) -> dict:
+        from learner.sft import warm_start
+
+        import os
+
+        wc = self.config.warmup
+        # Nothing else runs during the warm start: use every core of the node, then give them back.
+        torch.set_num_threads(os.cpu_count() or 1)
+        try:
+            return warm_start(
+                self.policy, examples, response_length, seconds=wc.seconds, lr=wc.lr,
+                batch_size=wc.batch_size, seed=self.config.seed,
+            )
+        finally:
+            set_threads(self.config.learner.num_cpus)
+
+    def train_step(self, batch) -> dict:
+        return self.worker.step(batch.to(self.policy.device))
+
+    # ---- weights out ------------------------------------------------------------------------
+
+    def weight_plan(self) -> list:
+        # Weights travel as the state of policy.model, the module the rollout worker loads into.
+        self.buckets = plan_for(self.policy.model, self.config.weight_sync.bucket_mb)
+        return self.buckets
+
+    def sync_endpoint(self, epoch: int, world_size: int) -> SyncGroupSpec:
+        backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
+        return SyncGroupSpec(ray.util.get_node_ip_address(), free_port(), world_size, epoch, backend)
+
+    def join_sync(self, spec: SyncGroupSpec) -> bool:
+        if self.sync is not None:
+            self.sync.close()
+        self.sync = SyncGroup(spec, 0, self.policy.device)
+        return True
+
+    def send_weights(self) -> dict:
+        start = time.perf_counter()
+        sent = send_weights(self.sync, self.policy.model, self.buckets or self.weight_plan())
+        return {"seconds": time.perf_counter() - start, "bytes": sent}
+
+    def numpy_weights(self) -> tuple[list, list[np.ndarray]]:
+        buckets = self.buckets or self.weight_plan()
+        return buckets, numpy_buckets(self.policy.model, buckets)
+
+    def load_numpy_weights(self, payload: tuple) -> bool:
+        buckets, arrays = payload
+        load_buckets_into(self.policy.model, buckets, arrays)
+        return True
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self, run_dir: str, step: int, trainer_state: dict, keep_last: int) -> str:
+        from cluster.checkpoint import save_checkpoint
+
+        path = save_checkpoint(
+            run_dir, step, policy=self.policy, learner_state=self.worker.state_dict(),
+            trainer_state=trainer_state, keep_last=keep_last,
+        )
+        return str(path)
+
+    def load_checkpoint(self, path: str) -> bool:
+        from pathlib import Path
+
+        from cluster.checkpoint import load_learner_state
+        from dllm import load_policy
+
+        saved = load_policy(Path(path) / "policy", device=self.policy.device, dtype=self.policy.dtype)
+        self.policy.load_state_dict(saved.state_dict())
+        self.worker.load_state_dict(load_learner_state(path))
+        return True

@@ -1,0 +1,135 @@
+"""Prompts for a run: the train/test rows, how they become token ids, and the data cursor.
+
+Rows follow the d1/BGPO layout (`prompt`, `reward_model`, `extra_info`) whether they come from a
+user's file, the hub, or the procedural generators (sudoku, countdown). Two prompt styles:
+- chat: the row's chat messages through the tokenizer's chat template (LLaDA, Dream);
+- compact: the bare puzzle for the tiny character-level model, e.g. "3102200002100320=" for
+  Sudoku, with the answer itself as the completion (reward preset `compact`).
+The cursor (epoch, position) walks a seeded permutation per epoch, so a resumed run sees the
+same order as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+
+from rewards.datasets import load_rows
+
+SEPARATOR = "="
+
+
+def compact_prompt(task: str, row: dict) -> str:
+    extra = row.get("extra_info") or {}
+    if task == "sudoku":
+        return f"{extra['puzzle']}{SEPARATOR}"
+    if task == "countdown":
+        numbers = extra["numbers"]
+        numbers = json.loads(numbers) if isinstance(numbers, str) else list(numbers)
+        target = extra.get("target", row["reward_model"]["ground_truth"])
+        return f"{' '.join(str(n) for n in numbers)}>{target}{SEPARATOR}"
+    raise ValueError(f"task {task!r} has no compact prompt format; use prompt_style=chat")
+
+
+def compact_target(task: str, row: dict) -> str:
+    """The completion a supervised warm start learns (a certified solution)."""
+    extra = row.get("extra_info") or {}
+    if task == "sudoku":
+        return str(extra.get("solution") or row["reward_model"]["ground_truth"])
+    if task == "countdown":
+        if "solution" not in extra:
+            raise ValueError("countdown rows need extra_info.solution for a warm start")
+        return str(extra["solution"])
+    raise ValueError(f"task {task!r} has no compact target")
+
+
+def prompt_text(task: str, row: dict, style: str, tokenizer) -> str:
+    if style == "compact":
+        return compact_prompt(task, row)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("prompt_style=chat needs a tokenizer with a chat template (the tiny model has none)")
+    return tokenizer.apply_chat_template(list(row["prompt"]), tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompts(texts: list[str], tokenizer) -> list[list[int]]:
+    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def sft_examples(task: str, rows: list[dict], tokenizer, gen_length: int, eos_id: int, pad_id: int):
+    """(input_ids, attention_mask) of prompt + target padded with EOS to gen_length (LLaDA's SFT)."""
+    seqs = []
+    for row in rows:
+        prompt = tokenizer(compact_prompt(task, row), add_special_tokens=False).input_ids
+        target = tokenizer(compact_target(task, row), add_special_tokens=False).input_ids
+        if len(target) > gen_length:
+            raise ValueError(f"target of {len(target)} tokens exceeds gen_length {gen_length}")
+        seqs.append(prompt + target + [eos_id] * (gen_length - len(target)))
+    return left_pad(seqs, pad_id)
+
+
+def generate_rows(task: str, n: int, split: str, seed: int) -> list[dict]:
+    """Procedural rows with certified solutions; train and test come from disjoint grids/targets."""
+    from rewards import generators
+
+    if task == "sudoku":
+        return generators.sudoku_rows(n, split=split, seed=seed)
+    if task == "countdown":
+        return generators.countdown_rows(n, split=split, seed=seed)
+    raise ValueError(f"no generator for task {task!r}: give task.train_path/test_path")
+
+
+def load_task_rows(task_cfg, split: str, seed: int) -> list[dict]:
+    path = task_cfg.train_path if split == "train" else task_cfg.test_path
+    if path:
+        return load_rows(path)
+    n = task_cfg.num_train if split == "train" else task_cfg.num_test
+    return generate_rows(task_cfg.name, n, split, seed)
+
+
+@dataclass
+class DataCursor:
+    epoch: int = 0
+    position: int = 0
+
+
+class PromptSource:
+    """Hands out row indices in a seeded per-epoch order; its cursor is checkpointed."""
+
+    def __init__(self, num_rows: int, seed: int, cursor: DataCursor | None = None) -> None:
+        if num_rows <= 0:
+            raise ValueError("the training set is empty")
+        self.num_rows, self.seed = num_rows, seed
+        self.cursor = cursor or DataCursor()
+        self._order = self._permutation(self.cursor.epoch)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.num_rows))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if self.cursor.position >= self.num_rows:
+                self.cursor = DataCursor(self.cursor.epoch + 1, 0)
+                self._order = self._permutation(self.cursor.epoch)
+            out.append(self._order[self.cursor.position])
+            self.cursor.position += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.cursor.epoch, "position": self.cursor.position}

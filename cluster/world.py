@@ -1,0 +1,193 @@
+"""The world of one run: its data, its actor pools, and the operations on them that the
+controller's loop calls (warm start or restore, weight sync, evaluation, checkpoints, resizing).
+
+Weight versions: version 0 is the policy RL starts from (after the warm start); each learner
+step makes version v+1, which `sync_weights` pushes to every rollout actor. A rollout actor that
+joins mid-run (scaling or replacing a dead one) first gets the current version through the object
+store, then the broadcast group is rebuilt with it at the next sync.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import ray
+
+from cluster.checkpoint import find_checkpoint, load_trainer_state
+from cluster.data import DataCursor, encode_prompts, load_task_rows, prompt_text, sft_examples
+from cluster.groups import RolloutPool, VerifierPool, make_learners
+from cluster.policy_factory import load_tokenizer
+from cluster.stream import RolloutRequest, RolloutStream
+
+log = logging.getLogger("bgpo.world")
+
+
+class World:
+    def __init__(self, config, config_dict: dict, run_dir: Path, *, log=print) -> None:
+        self.config, self.config_dict, self.run_dir, self.log = config, config_dict, run_dir, log
+        tok = load_tokenizer(config)
+        self.tokenizer, self.pad_id = tok, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        task = config.task
+        self.train_rows = load_task_rows(task, "train", config.seed)
+        self.eval_sets = {"test": load_task_rows(task, "test", config.seed)}
+        self.train_prompt_ids = self._encode(self.train_rows)
+        self.eval_prompt_ids = {name: self._encode(rows) for name, rows in self.eval_sets.items()}
+        self.log(f"[setup] task {task.name}: {len(self.train_rows)} train rows, "
+                 + ", ".join(f"{len(r)} {n} rows" for n, r in self.eval_sets.items()))
+        self.learners = make_learners(config, config_dict)
+        self.rollouts = RolloutPool(config, config_dict)
+        for _ in range(config.rollout.num_workers):
+            self.rollouts.add()
+        self.verifiers = VerifierPool(config, config_dict)
+        for _ in range(config.rewards.num_workers):
+            self.verifiers.add()
+        self.buckets = ray.get(self.learners[0].weight_plan.remote())
+        self.version = 0
+        self.sync_epoch = 0
+        self._sync_members: tuple[str, ...] | None = None
+        self.restored_accounting: dict = {}
+
+    def _encode(self, rows: list[dict]) -> list[list[int]]:
+        texts = [prompt_text(self.config.task.name, r, self.config.task.prompt_style, self.tokenizer) for r in rows]
+        return encode_prompts(texts, self.tokenizer)
+
+    # ---- start -------------------------------------------------------------------------------
+
+    def restore_or_warm_start(self, resume: str | None) -> tuple[int, DataCursor]:
+        """(first step, data cursor): from a checkpoint, or after the supervised warm start."""
+        path = find_checkpoint(self.run_dir, resume) if resume else None
+        if resume and resume != "auto" and path is None:
+            raise FileNotFoundError(f"no checkpoint at {resume}")
+        if path is not None:
+            ray.get([a.load_checkpoint.remote(str(path)) for a in self.learners])
+            state = load_trainer_state(path)
+            self.version = state["version"]
+            self.restored_accounting = state.get("accounting", {})
+            self.log(f"[resume] from {path} (step {state['step']}, version {state['version']})")
+            return state["step"], DataCursor(**state["cursor"])
+        wc = self.config.warmup
+        if wc.seconds > 0:
+            if self.config.task.prompt_style != "compact":
+                raise ValueError("the supervised warm start is for the tiny model's compact task; set warmup.seconds=0")
+            gen_length = self.config.rollout.sampling.gen_length
+            examples = sft_examples(self.config.task.name, self.train_rows, self.tokenizer, gen_length,
+                                    self.tokenizer.eos_token_id, self.pad_id)
+            self.log(f"[warmup] supervised masked-diffusion warm start for {wc.seconds:.0f}s on learner-0")
+            stats = ray.get(self.learners[0].warm_start.remote(examples, gen_length))
+            self.log(f"[warmup] done: {stats}")
+            if len(self.learners) > 1:
+                payload = self.learners[0].numpy_weights.remote()
+                ray.get([a.load_numpy_weights.remote(payload) for a in self.learners[1:]])
+        return 0, DataCursor()
+
+    # ---- weights -----------------------------------------------------------------------------
+
+    def sync_weights(self, version: int) -> dict:
+        """Push the learner's weights as `version` to every rollout actor; returns timing metrics."""
+        start = time.perf_counter()
+        for attempt in range(2):
+            try:
+                sent = self._sync_once(version)
+                break
+            except ray.exceptions.RayActorError as err:
+                if attempt:
+                    raise
+                self.log(f"[sync] a rollout actor died during weight sync ({err}); replacing it")
+                self._replace_dead_rollouts()
+        self.version = version
+        return {"perf/weight_sync_seconds": time.perf_counter() - start, "perf/weight_sync_bytes": sent,
+                "perf/weight_sync_backend": self.config.weight_sync.backend}
+
+    def _sync_once(self, version: int) -> int:
+        names = self.rollouts.names()
+        if self.config.weight_sync.backend == "object_store":
+            payload = self.learners[0].numpy_weights.remote()
+            ray.get([self.rollouts.actors[n].load_numpy_weights.remote(version, payload) for n in names])
+            return sum(b.nbytes for b in self.buckets)
+        if self._sync_members != tuple(names):
+            self._rebuild_sync_group(names)
+        refs = [self.rollouts.actors[n].receive_weights.remote(version) for n in names]
+        sent = ray.get(self.learners[0].send_weights.remote())
+        ray.get(refs)
+        return sent["bytes"]
+
+    def _rebuild_sync_group(self, names: list[str]) -> None:
+        self.sync_epoch += 1
+        spec = ray.get(self.learners[0].sync_endpoint.remote(self.sync_epoch, len(names) + 1))
+        refs = [self.learners[0].join_sync.remote(spec)]
+        refs += [self.rollouts.actors[n].join_sync.remote(spec, i + 1, self.buckets) for i, n in enumerate(names)]
+        ray.get(refs)
+        self._sync_members = tuple(names)
+
+    def _load_current_weights(self, names: list[str]) -> None:
+        payload = self.learners[0].numpy_weights.remote()
+        ray.get([self.rollouts.actors[n].load_numpy_weights.remote(self.version, payload) for n in names])
+
+    def replace_rollout(self, name: str) -> str:
+        if name in self.rollouts.actors:
+            self.rollouts.remove(name)
+        new = self.rollouts.add()
+        self._load_current_weights([new])
+        self._sync_members = None
+        self.log(f"[recover] {name} replaced by {new} (weights v{self.version} via the object store)")
+        return new
+
+    def _replace_dead_rollouts(self) -> None:
+        _, dead = self.rollouts.alive()
+        for name in dead:
+            self.replace_rollout(name)
+        self._sync_members = None
+
+    def resize_rollouts(self, target: int, version: int) -> None:
+        names = self.rollouts.names()
+        while len(names) > target:  # between steps nothing is in flight on the removed actor
+            self.rollouts.remove(names.pop())
+        added = [self.rollouts.add() for _ in range(target - len(names))]
+        if added:
+            self._load_current_weights(added)
+        self._sync_members = None
+
+    def split_prompts(self, indices: list[int], parts: int) -> list[list[int]]:
+        parts = max(1, min(parts, len(indices)))
+        return [indices[i::parts] for i in range(parts)]
+
+    # ---- evaluation, checkpoints ---------------------------------------------------------------
+
+    def evaluate(self, version: int) -> dict:
+        """Greedy held-out accuracy (status ok) and mean reward on each evaluation set."""
+        out = {}
+        limit = self.config.trainer.eval_limit
+        for name, rows in self.eval_sets.items():
+            rows = rows[:limit]
+            stream = RolloutStream(self.rollouts, self.verifiers, task=self.config.task.name, rows=rows,
+                                   timeout_s=self.config.trainer.rollout_timeout_s, on_dead_worker=self.replace_rollout)
+            shards = self.split_prompts(list(range(len(rows))), len(self.rollouts.names()))
+            inflight = [
+                stream.submit(RolloutRequest(
+                    step=-1, prompts=[self.eval_prompt_ids[name][i] for i in shard], item_indices=shard,
+                    group_ids=shard, group_size=1, seed=self.config.seed, eval=True))
+                for shard in shards
+            ]
+            start = time.perf_counter()
+            rollouts = [r for o in stream.collect(inflight) for r in o["rollouts"]]
+            seconds = time.perf_counter() - start
+            results = stream.score(rollouts)
+            out[f"{name}_accuracy"] = sum(r["status"] == "ok" for r in results) / max(len(results), 1)
+            out[f"{name}_reward"] = sum(r["score"] for r in results) / max(len(results), 1)
+            out[f"{name}_n"] = len(results)
+            out[f"{name}_tokens_per_s"] = sum(len(r.response_ids) for r in rollouts) / max(seconds, 1e-9)
+        return out
+
+    def checkpoint(self, step: int, cursor: dict, accounting) -> str:
+        state = {"step": step, "version": self.version, "cursor": cursor, "accounting": dict(accounting),
+                 "run_name": self.config.run_name, "saved_at": time.time()}
+        path = ray.get(self.learners[0].save_checkpoint.remote(
+            str(self.run_dir), step, state, self.config.checkpoint.keep_last))
+        self.log(f"[checkpoint] {path}")
+        return path
+
+    def write_summary(self, summary: dict) -> None:
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -1,0 +1,129 @@
+"""`TrainBatch`: the learner's input, one rollout batch (or one rank's shard of it).
+
+Layout (the project's one convention): each row is a LEFT-padded prompt followed by a response
+of exactly L tokens, so the response is always the last L positions and lines up across rows.
+LLaDA pads the response tail with EOS; those EOS tokens are part of the response and count.
+
+The optional fields are filled by the learner when absent (advantages, masks, ell_old); in
+asynchronous mode the cluster supplies `masks` and `ell_old` computed by the behaviour policy.
+This module only holds and slices data: it computes nothing about the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class TrainBatch:
+    """N responses (N = rows on this rank); every tensor's first dimension is N."""
+
+    input_ids: torch.Tensor  # [N, T] long; left-padded prompt ++ response, response = last L columns
+    attention_mask: torch.Tensor  # [N, T] long/bool; 1 on real tokens (prompt and response), 0 on padding
+    response_length: int  # L; the responses are input_ids[:, -L:]
+    rewards: torch.Tensor  # [N] float; scalar reward per response (NaN makes the step skip)
+    group_ids: torch.Tensor  # [N] long; responses to the same prompt share a group id (GRPO groups)
+    policy_versions: torch.Tensor  # [N] long; version of the policy that generated each response
+    global_batch_size: int  # responses in the whole batch across learner ranks (weights |mb| / this)
+    advantages: torch.Tensor | None = None  # [N] float; group-normalised if None (bgpo.md section 3)
+    masks: torch.Tensor | None = None  # [N, n_t, L] bool; True = masked; drawn if None (section 2)
+    ell_old: torch.Tensor | None = None  # [N, n_t] float; behaviour-policy ELBO terms for `masks`
+
+    def __post_init__(self) -> None:
+        n, t = self.input_ids.shape
+        if self.attention_mask.shape != (n, t):
+            raise ValueError(f"attention_mask {tuple(self.attention_mask.shape)} != input_ids {(n, t)}")
+        if not 0 < self.response_length <= t:
+            raise ValueError(f"response_length {self.response_length} not in 1..{t}")
+        for name in ("rewards", "group_ids", "policy_versions", "advantages"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (n,):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({n},)")
+        if self.masks is not None and (self.masks.dim() != 3 or self.masks.shape[::2] != (n, self.response_length)):
+            raise ValueError(f"masks has shape {tuple(self.masks.shape)}, expected ({n}, n_t, {self.response_length})")
+        if self.ell_old is not None:
+            if self.masks is None:
+                raise ValueError("ell_old given without the masks it was computed with")
+            if self.ell_old.shape != self.masks.shape[:2]:
+                raise ValueError(f"ell_old {tuple(self.ell_old.shape)} != masks[:2] {tuple(self.masks.shape[:2])}")
+        if self.global_batch_size < n:
+            raise ValueError(f"global_batch_size {self.global_batch_size} < rows on this rank {n}")
+        if not bool(self.attention_mask[:, -self.response_length :].bool().all()):
+            raise ValueError("response positions must all be real tokens (attention_mask 1)")
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        """[N, L] the response tokens."""
+        return self.input_ids[:, -self.response_length :]
+
+    def select(self, index: torch.Tensor | slice) -> TrainBatch:
+        """Rows `index` (a slice or a LongTensor) of every per-row field; scalars are kept."""
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = value[index] if isinstance(value, torch.Tensor) else value
+        return TrainBatch(**values)
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+
+def pad_sequences(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Left-pad each prompt and append its response: (input_ids [N, T], attention_mask [N, T], L).
+
+    Every response must have the same length L (the sampler produces fixed-length responses).
+    """
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"need as many prompts as responses, got {len(prompts)} and {len(responses)}")
+    lengths = {len(r) for r in responses}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"responses must share one non-zero length, got lengths {sorted(lengths)}")
+    response_length = lengths.pop()
+    width = max(len(p) for p in prompts) + response_length
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        seq = list(prompt) + list(response)
+        input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, width - len(seq) :] = 1
+    return input_ids, attention_mask, response_length
+
+
+def build_train_batch(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    rewards: Sequence[float],
+    group_ids: Sequence[int],
+    *,
+    pad_id: int,
+    policy_versions: Sequence[int] | None = None,
+    global_batch_size: int | None = None,
+) -> TrainBatch:
+    """A `TrainBatch` from token-id lists; versions default to 0, global size to N (one rank)."""
+    input_ids, attention_mask, response_length = pad_sequences(prompts, responses, pad_id)
+    n = len(prompts)
+    versions = [0] * n if policy_versions is None else list(policy_versions)
+    return TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_length=response_length,
+        rewards=torch.tensor(list(rewards), dtype=torch.float32),
+        group_ids=torch.tensor(list(group_ids), dtype=torch.long),
+        policy_versions=torch.tensor(versions, dtype=torch.long),
+        global_batch_size=n if global_batch_size is None else global_batch_size,
+    )

@@ -1,0 +1,74 @@
+"""Supervised masked-diffusion training (LLaDA's SFT loss), used for the tiny model's warm start.
+
+For each (prompt, response) pair draw t ~ U(t_min, 1), mask every response token independently
+with probability t (the prompt is never masked) and minimise the cross-entropy of the masked
+tokens weighted by 1/t, averaged over the response length (LLaDA, eq. for SFT). This is the
+forward process the RL phase later estimates the ELBO of; it is not an RL objective.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from dllm import Policy
+
+
+def masked_diffusion_loss(
+    policy: Policy,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_length: int,
+    *,
+    generator: torch.Generator | None = None,
+    t_min: float = 0.05,
+) -> torch.Tensor:
+    """Mean over the batch of (1/t) * sum_masked CE / L for left-padded [N, T] sequences."""
+    n = input_ids.shape[0]
+    L = response_length
+    t = t_min + (1 - t_min) * torch.rand(n, 1, generator=generator, device=input_ids.device)
+    masked = torch.rand(n, L, generator=generator, device=input_ids.device) < t
+    noisy = input_ids.clone()
+    noisy[:, -L:] = torch.where(masked, torch.full_like(noisy[:, -L:], policy.mask_id), noisy[:, -L:])
+    logits = policy(noisy, attention_mask=attention_mask).logits[:, -L:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, -L:].reshape(-1), reduction="none")
+    per_seq = (ce.view(n, L) * masked).sum(-1) / L / t.squeeze(-1)
+    return per_seq.mean()
+
+
+def warm_start(
+    policy: Policy,
+    examples: tuple[torch.Tensor, torch.Tensor],
+    response_length: int,
+    *,
+    seconds: float,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    max_steps: int | None = None,
+    log_every: int = 50,
+    log=print,
+) -> dict:
+    """Train on (input_ids [N, T], attention_mask [N, T]) for a wall-clock budget; returns stats."""
+    input_ids, attention_mask = examples
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    policy.train()
+    start, step, loss_ema = time.perf_counter(), 0, None
+    while time.perf_counter() - start < seconds and (max_steps is None or step < max_steps):
+        idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen)
+        loss = masked_diffusion_loss(
+            policy, input_ids[idx], attention_mask[idx], response_length, generator=gen
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        step += 1
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        if log_every and step % log_every == 0:
+            log(f"[warmup] step {step} loss {loss_ema:.4f} ({time.perf_counter() - start:.0f}s)")
+    policy.eval()
+    return {"warmup/steps": step, "warmup/loss": loss_ema, "warmup/seconds": time.perf_counter() - start}

@@ -1,0 +1,330 @@
+"""`LearnerWorker`: one optimizer step of the policy per rollout batch (bgpo.md section 5).
+
+    advantages (if absent) -> masks (if absent) -> ell_old (no grad, if absent)
+    -> zero_grad -> micro-batches x MC chunks, each weighted |mb| / global_batch_size
+    -> all-reduce SUM (world_size > 1) -> clip_grad_norm_ -> skip if non-finite -> AdamW
+
+`bgpo` back-propagates every chunk of MC samples as soon as it is built (one chunk's graph alive
+at a time); `elbo_ratio` keeps all n_t graphs of a micro-batch alive and back-propagates once;
+`diffu_grpo` runs its own inner iterations (several optimizer steps per batch).
+
+A plain class, no Ray: the cluster wraps it in an actor and owns the process group. It does not
+generate, score, save weights to disk or broadcast them (the cluster does).
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from learner.advantages import group_advantages
+from learner.batch import TrainBatch
+from learner.diffu_grpo import draw_prompt_masks, token_logps, token_logps_no_grad
+from learner.distributed import allreduce_gradients, allreduce_sum
+from learner.elbo import draw_masks, elbo_terms, old_terms
+from learner.objectives import (
+    bgpo_bound,
+    clipped_bgpo_bound,
+    diffu_grpo_objective,
+    elbo_ratio_objective,
+    get_objective,
+)
+
+
+@dataclass
+class DiffuGRPOConfig:
+    clip_eps: float = 0.5  # token-level ratio clip (d1, bgpo.md section 8)
+    beta: float = 0.04  # KL(pi || pi_ref) weight, k3 estimator; 0 needs no reference policy
+    iterations: int = 12  # inner optimizer steps per rollout batch (d1's mu)
+    prompt_mask_prob: float = 0.15  # each real prompt token masked with this probability
+
+
+@dataclass
+class LearnerConfig:
+    objective: str = "bgpo"  # a name in objectives.OBJECTIVES: bgpo, elbo_ratio, diffu_grpo
+    n_t: int = 16  # MC samples (masked copies) per response (bgpo.md section 2)
+    micro_batch_size: int = 8  # responses per forward
+    mc_chunk: int = 1  # MC samples per forward (a forward holds micro_batch_size * mc_chunk rows)
+    lr: float = 5e-7  # AdamW, constant (section 6)
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0  # max global grad norm; None computes the norm without clipping
+    seed: int = 0  # mask RNG seed (rank r uses seed + r)
+    clip_eps: float | None = None  # bgpo PPO-style ratio clip for stale samples; None = off (inert on-policy)
+    dual_clip: float | None = 3.0  # dual clip for A < 0, only used when clip_eps is set
+    bucket_bytes: int = 25 * 2**20  # gradient all-reduce bucket size
+    diffu_grpo: DiffuGRPOConfig = field(default_factory=DiffuGRPOConfig)
+
+    def __post_init__(self) -> None:
+        get_objective(self.objective)  # fails early with the registered names
+        for name in ("n_t", "micro_batch_size", "mc_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.diffu_grpo, dict):
+            self.diffu_grpo = DiffuGRPOConfig(**self.diffu_grpo)
+        self.betas = tuple(self.betas)
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: max_memory_allocated since the step began. CPU: the process's peak RSS so far
+    (ru_maxrss, monotone over the process lifetime, not per step)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+
+
+class LearnerWorker:
+    """Owns the policy's optimizer on one rank and turns a `TrainBatch` into one update."""
+
+    def __init__(
+        self,
+        policy,
+        config: LearnerConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        process_group=None,
+        reference_policy=None,
+    ) -> None:
+        self.policy = policy.eval()  # no dropout: the old and new passes must see the same function
+        self.config = config
+        self.objective = get_objective(config.objective)
+        self.rank, self.world_size, self.process_group = rank, world_size, process_group
+        if world_size > 1 and not torch.distributed.is_initialized():
+            raise RuntimeError("world_size > 1 needs an initialised torch.distributed process group")
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(config.seed + rank)
+        self.steps = 0  # optimizer steps applied
+        self.skipped_steps = 0  # steps skipped for a non-finite gradient norm
+        self.reference_policy = reference_policy
+        if config.objective == "diffu_grpo" and config.diffu_grpo.beta > 0 and reference_policy is None:
+            # d1's reference is the policy before RL; a frozen copy of the starting weights.
+            self.reference_policy = copy.deepcopy(policy).eval().requires_grad_(False)
+
+    def __repr__(self) -> str:
+        return f"LearnerWorker(rank={self.rank}/{self.world_size}, objective={self.config.objective})"
+
+    @property
+    def device(self) -> torch.device:
+        return self.policy.device
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One rollout batch -> one optimizer step (diffu_grpo: `iterations` steps). Metrics dict."""
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.objective.accumulation == "one_step":
+            metrics = self._diffu_grpo_step(batch)
+        else:
+            metrics = self.accumulate_gradients(batch)
+            metrics.update(self._apply_update())
+        metrics["perf/step_seconds"] = time.perf_counter() - start
+        metrics["perf/peak_memory_bytes"] = float(_peak_memory_bytes(self.device))
+        return metrics
+
+    def accumulate_gradients(self, batch: TrainBatch) -> dict[str, float]:
+        """Fill `.grad` with the full-batch gradient of the loss (bgpo / elbo_ratio), no step.
+
+        The gradient equals that of  -sum_s w_s * objective_s  with w_s = 1 / global_batch_size,
+        whatever micro_batch_size, mc_chunk and world_size are.
+        """
+        if self.objective.accumulation == "one_step":
+            raise ValueError("diffu_grpo takes several steps per batch: call step()")
+        batch = self.prepare(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(6, dtype=torch.float64)  # loss, |z| sum, z count, clipped, masked tokens, rows
+        for start in range(0, len(batch), self.config.micro_batch_size):
+            mb = batch.select(slice(start, start + self.config.micro_batch_size))
+            if self.objective.accumulation == "per_sample":
+                sums += self._bgpo_micro_batch(mb)
+            else:
+                sums += self._elbo_ratio_micro_batch(mb)
+        metrics = self._finish_accumulation(batch, sums)
+        metrics["train/n_t"] = float(batch.masks.shape[1])
+        return metrics
+
+    def prepare(self, batch: TrainBatch) -> TrainBatch:
+        """The batch on the policy's device with advantages, masks and ell_old filled in."""
+        batch = batch.to(self.device)
+        if batch.advantages is None:
+            batch.advantages = group_advantages(batch.rewards, batch.group_ids)
+        if batch.masks is None:
+            masks = draw_masks(len(batch), self.config.n_t, batch.response_length, self.generator)
+            batch.masks, batch.ell_old = masks.to(self.device), None
+        if batch.ell_old is None:
+            batch.ell_old = self.old_terms(batch)
+        return batch
+
+    def old_terms(self, batch: TrainBatch, policy=None) -> torch.Tensor:
+        """ell_j under `policy` (default: this worker's) for the batch's masks, no grad: [N, n_t]."""
+        if batch.masks is None:
+            raise ValueError("old_terms needs batch.masks (draw them with learner.elbo.draw_masks)")
+        return old_terms(
+            policy if policy is not None else self.policy,
+            batch,
+            batch.masks,
+            micro_batch_size=self.config.micro_batch_size,
+            mc_chunk=self.config.mc_chunk,
+        )
+
+    def state_dict(self) -> dict:
+        """Optimizer, step counters and mask RNG state (the policy's weights are saved separately)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "steps": self.steps,
+            "skipped_steps": self.skipped_steps,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = int(state["steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.generator.set_state(state["generator"])
+
+    # ---- bgpo and elbo_ratio ----------------------------------------------------------------
+
+    def _chunks(self):
+        n_t, c = self.config.n_t, self.config.mc_chunk
+        return [slice(j, min(j + c, n_t)) for j in range(0, n_t, c)]
+
+    def _bgpo_micro_batch(self, mb: TrainBatch) -> torch.Tensor:
+        """One backward per MC chunk (bgpo.md section 5): loss = -sum(g_j) / (G * n_t)."""
+        cfg, sums = self.config, torch.zeros(6, dtype=torch.float64)
+        n_t = mb.masks.shape[1]
+        for cols in self._chunks():
+            ell = elbo_terms(self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length)
+            ell_old = mb.ell_old[:, cols].to(ell.dtype)
+            if cfg.clip_eps is None:
+                g, clipped = bgpo_bound(ell, ell_old, mb.advantages), torch.zeros_like(ell, dtype=torch.bool)
+            else:
+                g, clipped = clipped_bgpo_bound(ell, ell_old, mb.advantages, cfg.clip_eps, cfg.dual_clip)
+            loss = -g.sum() / (mb.global_batch_size * n_t)
+            loss.backward()  # frees this chunk's graph before the next chunk is built
+            z = (ell - ell_old).detach()
+            sums += self._stats(loss, z, clipped, float(mb.masks[:, cols].sum()))
+        sums[5] += len(mb)
+        return sums
+
+    def _elbo_ratio_micro_batch(self, mb: TrainBatch) -> torch.Tensor:
+        """All n_t graphs of the micro-batch alive, then one backward: loss = -sum(J_s) / G."""
+        ells = [
+            elbo_terms(self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length)
+            for cols in self._chunks()
+        ]
+        ell = torch.cat(ells, dim=1)
+        ell_old = mb.ell_old.to(ell.dtype)
+        loss = -elbo_ratio_objective(ell, ell_old, mb.advantages).sum() / mb.global_batch_size
+        loss.backward()
+        no_clip = torch.zeros_like(ell, dtype=torch.bool)
+        sums = self._stats(loss, (ell - ell_old).detach(), no_clip, float(mb.masks.sum()))
+        sums[5] += len(mb)
+        return sums
+
+    @staticmethod
+    def _stats(loss: torch.Tensor, z: torch.Tensor, clipped: torch.Tensor, tokens: float) -> torch.Tensor:
+        """The metric sums of one backward: loss, sum |z|, count of z, clipped count, tokens, 0 rows."""
+        values = [float(loss.detach()), float(z.abs().sum()), z.numel(), float(clipped.sum()), tokens, 0.0]
+        return torch.tensor(values, dtype=torch.float64)
+
+    def _finish_accumulation(self, batch: TrainBatch, sums: torch.Tensor) -> dict[str, float]:
+        """All-reduce gradients and metric sums across ranks; metrics are global."""
+        rewards = batch.rewards.double().cpu()
+        extra = torch.tensor(
+            [float(rewards.sum()), float(batch.advantages.abs().sum()), batch.response_length * len(batch)],
+            dtype=torch.float64,
+        )
+        sums = torch.cat([sums, extra])
+        if self.world_size > 1:
+            allreduce_gradients(self.params, self.process_group, bucket_bytes=self.config.bucket_bytes)
+            sums = allreduce_sum(sums, self.process_group)
+        loss, abs_z, n_z, clipped, masked, rows, reward_sum, abs_adv, tokens = sums.tolist()
+        return {
+            "train/loss": loss,
+            "train/objective": -loss,
+            "train/mean_abs_z": abs_z / n_z,
+            "train/clip_fraction": clipped / n_z,
+            "train/masked_tokens": masked,
+            "train/tokens": tokens,
+            "train/responses": rows,
+            "train/reward_mean": reward_sum / rows,
+            "train/advantage_abs_mean": abs_adv / rows,
+        }
+
+    # ---- the update -------------------------------------------------------------------------
+
+    def _apply_update(self) -> dict[str, float]:
+        """Clip the global grad norm, skip the step when it is non-finite, else AdamW."""
+        max_norm = self.config.grad_clip if self.config.grad_clip else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+            self.steps += 1
+        else:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "train/grad_norm": float(norm),
+            "train/skipped": 0.0 if finite else 1.0,
+            "train/optimizer_steps": float(self.steps),
+            "train/lr": float(self.optimizer.param_groups[0]["lr"]),
+        }
+
+    # ---- diffu_grpo -------------------------------------------------------------------------
+
+    def _diffu_grpo_step(self, batch: TrainBatch) -> dict[str, float]:
+        """d1: prompt masks per iteration drawn up front; old and reference log-probs computed
+        before the first update; then `iterations` clipped-ratio steps on the same batch."""
+        cfg = self.config.diffu_grpo
+        batch = batch.to(self.device)
+        if batch.advantages is None:
+            batch.advantages = group_advantages(batch.rewards, batch.group_ids)
+        mbs = self.config.micro_batch_size
+        prompt_masks = [
+            draw_prompt_masks(batch.attention_mask, batch.response_length, cfg.prompt_mask_prob, self.generator)
+            for _ in range(cfg.iterations)
+        ]
+        old = [token_logps_no_grad(self.policy, batch, pm, micro_batch_size=mbs) for pm in prompt_masks]
+        ref = [None] * cfg.iterations
+        if cfg.beta > 0:
+            ref = [token_logps_no_grad(self.reference_policy, batch, pm, micro_batch_size=mbs) for pm in prompt_masks]
+        history = [self._diffu_grpo_iteration(batch, prompt_masks[i], old[i], ref[i]) for i in range(cfg.iterations)]
+        metrics = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        metrics["train/loss_first_iteration"] = history[0]["train/loss"]
+        metrics["train/loss_last_iteration"] = history[-1]["train/loss"]
+        metrics["train/skipped"] = float(sum(h["train/skipped"] for h in history))
+        metrics["train/optimizer_steps"] = float(self.steps)
+        return metrics
+
+    def _diffu_grpo_iteration(self, batch, prompt_masks, old, ref) -> dict[str, float]:
+        cfg = self.config.diffu_grpo
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(6, dtype=torch.float64)
+        for start in range(0, len(batch), self.config.micro_batch_size):
+            rows = slice(start, start + self.config.micro_batch_size)
+            logp = token_logps(
+                self.policy, batch.input_ids[rows], batch.attention_mask[rows], prompt_masks[rows], batch.response_length
+            )
+            ref_rows = None if ref is None else ref[rows]
+            obj, clipped = diffu_grpo_objective(logp, old[rows], ref_rows, batch.advantages[rows], cfg.clip_eps, cfg.beta)
+            # Mean over the L response tokens (all count), each response weighted 1 / G.
+            loss = -obj.mean(dim=-1).sum() / batch.global_batch_size
+            loss.backward()
+            log_ratio = (logp - old[rows]).detach()
+            sums += self._stats(loss, log_ratio, clipped, float(logp.numel()))
+            sums[5] += logp.shape[0]
+        metrics = self._finish_accumulation(batch, sums)
+        metrics["train/mean_abs_log_ratio"] = metrics.pop("train/mean_abs_z")
+        metrics["train/masked_tokens"] = metrics["train/tokens"]
+        metrics.update(self._apply_update())
+        return metrics

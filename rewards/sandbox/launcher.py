@@ -1,0 +1,134 @@
+"""Build the command lines that start the code harness: prlimit -> bwrap -> python -I harness.
+
+This module only builds argv lists and stages files; it starts nothing (supervisor.py does).
+
+The sandbox recipe (rewards.md section 3): prlimit caps address space, processes, file size, open
+files, CPU time and core dumps; bwrap unshares every namespace (user, pid, net, ipc, uts, cgroup,
+mount), drops all capabilities, forbids nested user namespaces, starts a new session (no TIOCSTI on
+our terminal), runs the harness as pid 1 (so bwrap's helper never exposes the host environment and
+the whole sandbox dies when the harness exits), with a cleared environment, read-only /usr, a
+size-capped tmpfs /tmp and nothing else from the host: no /etc, no /home, no project directory.
+
+Which Python runs inside: by default the system interpreter /usr/bin/python3. It lives under /usr,
+which is bound anyway, so it adds nothing to what the sandbox sees, and it is readable by the
+unprivileged pool uid. A venv's interpreter is a poor choice: its base (pyenv, conda) usually sits
+in a home directory the pool uid cannot even traverse (/root is 0700), and binding it would expose
+the host's site-packages. Where /usr/bin/python3 is missing, the base interpreter of the running
+Python is used and its installation prefix (sys.base_prefix) is bound read-only at the same path.
+`BGPO_SANDBOX_PYTHON` overrides the choice (its prefix is bound the same way if outside /usr).
+The harness needs only the standard library.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+
+HARNESS_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "code_harness.py")
+HARNESS_INSIDE = "/sandbox/code_harness.py"  # where the harness appears inside the sandbox
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"  # the whole environment inside is PATH, HOME, LANG
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Resource limits and identities of a sandboxed run; defaults follow rewards.md section 3."""
+
+    address_space_bytes: int = 1 << 30  # RLIMIT_AS: memory hogs fail with MemoryError
+    nproc: int = 64  # RLIMIT_NPROC (processes + threads of the sandbox uid): fork/thread bombs
+    fsize_bytes: int = 16 << 20  # RLIMIT_FSIZE: one huge file gets SIGXFSZ/EFBIG
+    nofile: int = 256  # RLIMIT_NOFILE: fd exhaustion stays inside the sandbox
+    tmpfs_bytes: int = 64 << 20  # size of the private /tmp (filling it gives ENOSPC)
+    uid_base: int = 200_000  # first uid of the pool used when running as root
+    uid_count: int = 1_000  # pool size; uids rotate so a uid is reused as late as possible
+    stdout_cap: int = 1 << 20  # bytes of harness stdout kept; more is treated as an attack
+    stderr_cap: int = 64 << 10  # bytes of stderr kept for diagnostics (the rest is drained)
+    python: str | None = None  # interpreter inside the sandbox; None: see module docstring
+
+
+def pick_interpreter(config: SandboxConfig) -> tuple[str, list[str]]:
+    """(interpreter path, host prefixes to bind read-only) for the sandbox's Python."""
+    choice = config.python or os.environ.get("BGPO_SANDBOX_PYTHON")
+    if not choice:
+        if os.access("/usr/bin/python3", os.X_OK):
+            return "/usr/bin/python3", []
+        choice = os.path.join(sys.base_prefix, "bin", "python3")
+        if not os.access(choice, os.X_OK):
+            choice = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    real = os.path.realpath(choice)
+    if real.startswith("/usr/"):
+        return real, []
+    prefix = os.path.dirname(os.path.dirname(real))  # <prefix>/bin/python3.x -> <prefix>
+    if prefix in ("/", ""):
+        raise ValueError(f"refusing to bind {prefix!r} for interpreter {real}")
+    return real, [prefix]
+
+
+_stage_lock = threading.Lock()
+_staged: str | None = None
+
+
+def staged_harness() -> str:
+    """A private copy of the harness that any uid can read but only we can change.
+
+    The pool uid must be able to open the file bwrap binds, and the project directory may not be
+    traversable by it; a root-owned 0755 directory in the host's /tmp always is.
+    """
+    global _staged
+    with _stage_lock:
+        if _staged is None or not os.path.exists(_staged):
+            stage_dir = tempfile.mkdtemp(prefix="bgpo-harness-")
+            os.chmod(stage_dir, 0o755)
+            path = os.path.join(stage_dir, "code_harness.py")
+            shutil.copyfile(HARNESS_SOURCE, path)
+            os.chmod(path, 0o444)
+            atexit.register(shutil.rmtree, stage_dir, True)
+            _staged = path
+        return _staged
+
+
+def prlimit_args(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> list[str]:
+    """The prlimit prefix; limits are inherited by bwrap and everything it starts."""
+    cpu = max(1, math.ceil(cpu_seconds))
+    return ["prlimit", f"--as={config.address_space_bytes}", f"--nproc={nproc}",
+            f"--fsize={config.fsize_bytes}", f"--nofile={config.nofile}", f"--cpu={cpu}",
+            "--core=0", "--"]
+
+
+def bwrap_args(config: SandboxConfig, *, uid: int, harness: str, python: str,
+               binds: list[str]) -> list[str]:
+    """bwrap with every namespace unshared and only /usr, the harness and a tmpfs visible."""
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--as-pid-1", "--unshare-user", "--uid", str(uid), "--gid", str(uid),
+            "--disable-userns",
+            "--ro-bind", "/usr", "/usr",
+            "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+            "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+            "--proc", "/proc", "--dev", "/dev",
+            "--size", str(config.tmpfs_bytes), "--tmpfs", "/tmp",
+            "--ro-bind", harness, HARNESS_INSIDE]
+    for prefix in binds:
+        args += ["--ro-bind", prefix, prefix]
+    args += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", SANDBOX_PATH,
+             "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
+             python, "-I", HARNESS_INSIDE]
+    return args
+
+
+def sandbox_argv(config: SandboxConfig, *, uid: int, cpu_seconds: float, nproc: int) -> list[str]:
+    """Full argv of one sandboxed harness run (uid: the uid seen inside the sandbox)."""
+    python, binds = pick_interpreter(config)
+    return prlimit_args(config, cpu_seconds=cpu_seconds, nproc=nproc) + bwrap_args(
+        config, uid=uid, harness=staged_harness(), python=python, binds=binds)
+
+
+def unsandboxed_argv(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> list[str]:
+    """rlimits + isolated-mode Python only: used solely with allow_unsandboxed=True."""
+    return prlimit_args(config, cpu_seconds=cpu_seconds, nproc=nproc) + [
+        sys.executable, "-I", staged_harness()]

@@ -1,0 +1,206 @@
+"""Run candidate code against tests in the sandbox and read the verdict from the harness.
+
+The verdict comes only from nonce-prefixed lines of the trusted harness (rewards/code_harness.py):
+all tests pass only if there is a `pass` line for every test AND the final `done <n>` line.
+The exit status and every other byte of output are ignored, so `sys.exit(0)`, `os._exit(0)` and
+printed "PASS" markers earn nothing (DARE counted exit status 0 as a pass).
+
+Modes, chosen once per process:
+- root: each run leases a fresh uid from the pool, the run is started as that uid (so
+  RLIMIT_NPROC bites), and the uid is swept (all its processes SIGKILLed) after every run.
+- not root (a laptop): bwrap as the invoking user. Weaker: RLIMIT_NPROC counts all of the user's
+  processes (we set it to their current count + the budget), and there is no uid sweep: cleanup
+  relies on the pid namespace dying with the harness (pid 1) and on --die-with-parent.
+- unsandboxed (only if no sandbox works AND the caller passed allow_unsandboxed=True): rlimits,
+  a cleared environment and the deadline only; the code can read and write whatever the verifier
+  user can. Results carry extra["sandboxed"] = False.
+Fail closed: without a sandbox and without the opt-in, the status is `sandbox_unavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+from dataclasses import dataclass, field
+
+from rewards.sandbox.launcher import SandboxConfig, sandbox_argv, unsandboxed_argv
+from rewards.sandbox.supervisor import ProcessOutcome, run_process
+from rewards.sandbox.uid_pool import UidPool, pids_of_uid, sweep_uid
+
+log = logging.getLogger(__name__)
+
+_CPU_SLACK_S = 1.0  # RLIMIT_CPU is a backstop behind the wall clock, never the first to fire
+
+
+@dataclass
+class CodeRunResult:
+    """Outcome of running one program against its tests."""
+
+    status: str  # ok | wrong | timeout | error | sandbox_unavailable (RewardResult statuses)
+    passed: int  # tests the harness reported as passed
+    total: int  # tests given
+    detail: str = ""  # first failure, or why the run could not be judged
+    seconds: float = 0.0  # wall time of the sandboxed run
+    sandboxed: bool = True  # False only for allow_unsandboxed runs
+    extra: dict = field(default_factory=dict)  # uid, return code, swept processes ...
+
+
+class CodeSandbox:
+    """Runs harness jobs; thread-safe, one instance per process is enough (see default_sandbox)."""
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.is_root = os.geteuid() == 0
+        self.pool = UidPool(self.config.uid_base, self.config.uid_count) if self.is_root else None
+        self._probe_lock = threading.Lock()
+        self._probe: tuple[bool, str] | None = None
+
+    # ----- availability -------------------------------------------------------------------
+    def availability(self) -> tuple[bool, str]:
+        """(works, reason), probed once: a trivial job must pass inside the real sandbox."""
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe = self._run_probe()
+                if not self._probe[0]:
+                    log.error("code sandbox unavailable: %s", self._probe[1])
+            return self._probe
+
+    def available(self) -> bool:
+        return self.availability()[0]
+
+    def _run_probe(self) -> tuple[bool, str]:
+        missing = [b for b in ("bwrap", "prlimit") if shutil.which(b) is None]
+        if missing:
+            return False, f"missing executables: {', '.join(missing)}"
+        try:
+            res = self._run_sandboxed({"code": "x = 41 + 1\n", "tests": ["assert x == 42"]}, 10.0)
+        except Exception as e:  # a probe failure is a reason, not a crash
+            return False, f"probe failed to start: {type(e).__name__}: {e}"
+        if res.status != "ok":
+            return False, f"probe job did not pass ({res.status}): {res.detail}"
+        return True, "mode=" + ("root uid pool" if self.is_root else "user")
+
+    # ----- running --------------------------------------------------------------------------
+    def run(self, code: str, tests: list[str], *, deadline_s: float,
+            allow_unsandboxed: bool = False, guard: tuple[str, ...] = ()) -> CodeRunResult:
+        """Run `code`, then each test source; never raises on what the code does.
+
+        `guard`: names of the functions under test; the harness requires their return values to
+        be builtin types (see rewards/code_harness.py).
+        """
+        ok, reason = self.availability()
+        job = {"code": code, "tests": list(tests), "guard": list(guard)}
+        try:
+            if ok:
+                return self._run_sandboxed(job, deadline_s)
+            if not allow_unsandboxed:
+                return CodeRunResult("sandbox_unavailable", 0, len(tests), detail=reason)
+            return self._run_unsandboxed(job, deadline_s, reason)
+        except Exception as e:  # a verifier-side failure: say so, score 0
+            log.exception("code run failed on the verifier side")
+            return CodeRunResult("error", 0, len(tests), detail=f"{type(e).__name__}: {e}")
+
+    def _run_sandboxed(self, job: dict, deadline_s: float) -> CodeRunResult:
+        cfg = self.config
+        if self.pool is None:  # not root: the budget sits on top of the user's own processes
+            uid = os.getuid()
+            nproc = len(pids_of_uid(uid)) + cfg.nproc
+            argv = sandbox_argv(cfg, uid=uid, cpu_seconds=deadline_s + _CPU_SLACK_S, nproc=nproc)
+            return self._execute(argv, job, deadline_s, user=None, extra={})
+        lease = self.pool.acquire()
+        try:
+            sweep_uid(lease.uid)  # leftovers of a verifier that crashed mid-run
+            argv = sandbox_argv(cfg, uid=lease.uid, cpu_seconds=deadline_s + _CPU_SLACK_S,
+                                nproc=cfg.nproc)
+            result = self._execute(argv, job, deadline_s, user=lease.uid,
+                                   extra={"uid": lease.uid})
+        finally:
+            clean = self.pool.release(lease)
+        result.extra["uid_swept_clean"] = clean
+        return result
+
+    def _run_unsandboxed(self, job: dict, deadline_s: float, reason: str) -> CodeRunResult:
+        cfg = self.config
+        user = None
+        lease = self.pool.acquire() if self.pool is not None else None
+        if lease is not None:
+            user = lease.uid
+        nproc = cfg.nproc if user is not None else len(pids_of_uid(os.getuid())) + cfg.nproc
+        argv = unsandboxed_argv(cfg, cpu_seconds=deadline_s + _CPU_SLACK_S, nproc=nproc)
+        try:
+            result = self._execute(argv, job, deadline_s, user=user,
+                                   extra={"unsandboxed_reason": reason})
+        finally:
+            if lease is not None:
+                self.pool.release(lease)
+        result.sandboxed = False
+        result.extra["sandboxed"] = False
+        return result
+
+    def _execute(self, argv: list[str], job: dict, deadline_s: float, *,
+                 user: int | None, extra: dict) -> CodeRunResult:
+        nonce = secrets.token_hex(16)  # 128 bits: never guessable, fresh for every run
+        data = json.dumps(dict(job, nonce=nonce)).encode()
+        outcome = run_process(argv, data, deadline_s=deadline_s, user=user,
+                              stdout_cap=self.config.stdout_cap, stderr_cap=self.config.stderr_cap)
+        result = judge(outcome, nonce, len(job["tests"]))
+        result.extra.update(extra, returncode=outcome.returncode)
+        return result
+
+
+def judge(outcome: ProcessOutcome, nonce: str, n_tests: int) -> CodeRunResult:
+    """Turn the harness's nonce lines into a verdict; everything else in the output is ignored."""
+    ready, done = False, False
+    verdicts: dict[int, tuple[bool, str]] = {}
+    prefix = nonce + " "
+    for raw in outcome.stdout.decode("utf-8", "replace").splitlines():
+        if not raw.startswith(prefix):
+            continue
+        parts = raw[len(prefix):].split(" ", 3)
+        if parts[0] == "ready":
+            ready = True
+        elif parts[0] == "done" and len(parts) == 2 and parts[1] == str(n_tests):
+            done = True
+        elif parts[0] == "result" and len(parts) >= 3 and parts[1].isdigit():
+            reason = _decode_reason(parts[3]) if len(parts) == 4 else ""
+            verdicts.setdefault(int(parts[1]), (parts[2] == "pass", reason))
+    passed = sum(1 for i in range(n_tests) if verdicts.get(i, (False, ""))[0])
+    base = dict(passed=passed, total=n_tests, seconds=outcome.seconds)
+    if outcome.timed_out:
+        return CodeRunResult("timeout", detail="killed at the wall-clock deadline", **base)
+    if outcome.overflow:
+        return CodeRunResult("wrong", detail="output over the cap; killed", **base)
+    if not ready:
+        tail = outcome.stderr.decode("utf-8", "replace").strip()[-300:]
+        return CodeRunResult("error", detail=f"harness did not start: {tail}", **base)
+    if done and passed == n_tests:
+        return CodeRunResult("ok", **base)
+    failed = [i for i in range(n_tests) if not verdicts.get(i, (False, ""))[0]]
+    why = verdicts.get(failed[0], (False, "no result line"))[1] if failed else "no final line"
+    first = f"test {failed[0]}: {why}" if failed else why
+    return CodeRunResult("wrong", detail=first, **base)
+
+
+def _decode_reason(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text[:300]
+    return str(value)[:300]
+
+
+_default: CodeSandbox | None = None
+_default_lock = threading.Lock()
+
+
+def default_sandbox() -> CodeSandbox:
+    """The process-wide sandbox (one uid pool, one probe)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = CodeSandbox()
+        return _default

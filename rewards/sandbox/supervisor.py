@@ -1,0 +1,177 @@
+"""Run one child process with a wall-clock deadline and capped output, and always kill it.
+
+What it guarantees: `run_process` returns by the deadline (plus the time to SIGKILL and reap), whatever
+the child does: it never blocks on a full stdin pipe, never waits for EOF that a grandchild holding
+the pipes would withhold, and keeps at most `stdout_cap`/`stderr_cap` bytes. At the end it SIGKILLs
+the child's whole process group.
+
+Two subtleties:
+- Children are spawned from ONE long-lived thread. bwrap's --die-with-parent uses the parent-death
+  signal, which fires when the *thread* that forked the child exits; spawning from a worker thread
+  that later ends (a thread pool shrinking, asyncio.to_thread) would kill or orphan sandboxes.
+- Exit is detected with waitid(WNOWAIT), which leaves the child unreaped until we have signalled
+  its process group: killpg on a reaped (and possibly reused) pid could hit an unrelated group.
+
+What it does NOT do: kill processes that left the process group (setsid daemons). In the sandbox
+the pid namespace and the uid sweep handle those; in unsandboxed mode they can survive.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+_EXIT_GRACE_S = 0.2  # after the child exits, how long to wait for pipe EOF from its descendants
+_STDERR_DRAIN_FACTOR = 16  # stderr beyond stderr_cap * this is treated as an output flood
+
+
+@dataclass
+class ProcessOutcome:
+    """What happened to one supervised child."""
+
+    returncode: int | None  # exit status (negative: killed by that signal); None if never known
+    stdout: bytes  # at most stdout_cap bytes
+    stderr: bytes  # at most stderr_cap bytes
+    timed_out: bool  # the deadline passed and we killed it
+    overflow: bool  # it wrote more than the caps allow and we killed it
+    seconds: float  # wall time from spawn to reaped
+
+
+class _Spawner:
+    """A daemon thread that owns every Popen call (see the module docstring for why)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="sandbox-spawner", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            argv, kwargs, fut = self._jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(subprocess.Popen(argv, **kwargs))
+            except BaseException as e:  # handed to the caller, who raises it
+                fut.set_exception(e)
+
+    def spawn(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        fut: Future = Future()
+        self._jobs.put((argv, kwargs, fut))
+        return fut.result()
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _get_spawner() -> _Spawner:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _Spawner()
+        return _spawner
+
+
+def _exited(pid: int) -> bool:
+    """True if the child has exited, without reaping it (so its pid cannot be reused yet)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def run_process(argv: list[str], stdin: bytes, *, deadline_s: float, user: int | None = None,
+                env: dict | None = None, stdout_cap: int = 1 << 20,
+                stderr_cap: int = 64 << 10) -> ProcessOutcome:
+    """Run argv (as `user` if given, root only) feeding `stdin`; see the module docstring."""
+    start = time.monotonic()
+    kwargs: dict = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        start_new_session=True, close_fds=True, cwd="/",
+                        env=env if env is not None else {"PATH": "/usr/bin:/bin"})
+    if user is not None:
+        kwargs.update(user=user, group=user, extra_groups=[])
+    proc = _get_spawner().spawn(argv, **kwargs)
+    try:
+        out, err, timed_out, overflow = _pump(proc, stdin, start + deadline_s, stdout_cap,
+                                              stderr_cap)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # safe: the child is not reaped yet
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+    return ProcessOutcome(proc.returncode, out, err, timed_out, overflow,
+                          time.monotonic() - start)
+
+
+def _pump(proc: subprocess.Popen, data: bytes, end: float, stdout_cap: int,
+          stderr_cap: int) -> tuple[bytes, bytes, bool, bool]:
+    """Feed stdin and drain stdout/stderr until EOF, the deadline, or an output flood."""
+    sel = selectors.DefaultSelector()
+    out, err = bytearray(), bytearray()
+    err_total = 0
+    view, offset = memoryview(data), 0
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        os.set_blocking(pipe.fileno(), False)
+    if data:
+        sel.register(proc.stdin, selectors.EVENT_WRITE)
+    else:
+        proc.stdin.close()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    exit_seen: float | None = None
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if now >= end:
+                return bytes(out), bytes(err), True, False
+            if exit_seen is None and _exited(proc.pid):
+                exit_seen = now
+            if exit_seen is not None and now - exit_seen > _EXIT_GRACE_S:
+                break  # a descendant outside our reach holds the pipes; stop waiting for it
+            for key, _ in sel.select(min(end - now, 0.05)):
+                pipe = key.fileobj
+                if pipe is proc.stdin:
+                    try:
+                        offset += os.write(pipe.fileno(), view[offset:offset + (1 << 16)])
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        offset = len(data)
+                    if offset >= len(data):
+                        sel.unregister(pipe)
+                        pipe.close()
+                    continue
+                try:
+                    chunk = os.read(pipe.fileno(), 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(pipe)
+                    continue
+                if pipe is proc.stdout:
+                    out += chunk
+                    if len(out) > stdout_cap:
+                        return bytes(out[:stdout_cap]), bytes(err), False, True
+                else:
+                    err_total += len(chunk)
+                    err += chunk[: max(0, stderr_cap - len(err))]
+                    if err_total > stderr_cap * _STDERR_DRAIN_FACTOR:
+                        return bytes(out), bytes(err), False, True
+    finally:
+        sel.close()
+    return bytes(out), bytes(err), False, False
