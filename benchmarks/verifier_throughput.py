@@ -73,12 +73,17 @@ def measure(worker: VerifierWorker, warmup: list[dict], requests: list[dict], ba
     # answers are not already in the children's parse caches.
     worker.score_batch(warmup)
     statuses: Counter = Counter()
+    methods: Counter = Counter()  # for math: how many answers needed math-verify in a child
     start = time.monotonic()
     for i in range(0, len(requests), batch):
-        statuses.update(r.status for r in worker.score_batch(requests[i:i + batch]))
+        for result in worker.score_batch(requests[i:i + batch]):
+            statuses[result.status] += 1
+            if "method" in result.extra:
+                methods[result.extra["method"]] += 1
     seconds = time.monotonic() - start
     return {"items": len(requests), "seconds": round(seconds, 3),
-            "items_per_s": round(len(requests) / seconds, 1), "statuses": dict(statuses)}
+            "items_per_s": round(len(requests) / seconds, 1), "statuses": dict(statuses),
+            "methods": dict(methods)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                    **measure(worker, warmups[task], requests[task], args.batch)}
             results.append(row)
             print(f"{task:10s} c={concurrency}  {row['items_per_s']:9.1f} items/s  "
-                  f"({row['items']} in {row['seconds']}s)  {row['statuses']}", flush=True)
+                  f"({row['items']} in {row['seconds']}s)  {row['statuses']} {row['methods'] or ''}", flush=True)
         worker.close()
 
     print(f"\n{'task':10s} " + " ".join(f"{'c=' + str(c):>10s}" for c in sorted(args.concurrency))

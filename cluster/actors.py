@@ -85,9 +85,9 @@ class RolloutActor(_WeightReceiver):
     def __init__(self, worker_id: str, config: dict) -> None:
         from rollout.worker import RolloutWorker
 
+        self.worker_id, self.worker = worker_id, None  # set first: __repr__ must work if init fails
         self.config = RunConfig.model_validate(config)
         set_threads(self.config.rollout.num_cpus)
-        self.worker_id = worker_id
         policy = build_policy(self.config)
         self.train_sampling = sampling_config(self.config.rollout.sampling)
         self.eval_sampling = sampling_config(self.config.rollout.eval_sampling)
@@ -97,7 +97,8 @@ class RolloutActor(_WeightReceiver):
         )
 
     def __repr__(self) -> str:
-        return f"RolloutActor({self.worker_id}, v={self.worker.policy_version})"
+        version = self.worker.policy_version if self.worker is not None else "-"
+        return f"RolloutActor({self.worker_id}, v={version})"
 
     def policy_device(self) -> torch.device:
         return self.worker.policy.device
@@ -161,6 +162,7 @@ class VerifierActor:
         from rewards import ScoringOptions
         from rewards.verifier import VerifierWorker
 
+        self.worker_id = worker_id
         cfg = RunConfig.model_validate(config)
         options = ScoringOptions(deadline_s=cfg.rewards.deadline_s, allow_unsandboxed=cfg.rewards.allow_unsandboxed)
         self.worker = VerifierWorker(
@@ -183,10 +185,10 @@ class VerifierActor:
 
 class LearnerActor:
     def __init__(self, rank: int, world_size: int, config: dict) -> None:
+        self.rank, self.world_size = rank, world_size
         self.config = RunConfig.model_validate(config)
         set_threads(self.config.learner.num_cpus)
         _quiet_transformers()
-        self.rank, self.world_size = rank, world_size
         self.policy = build_policy(self.config)
         self.worker = None
         self.sync: SyncGroup | None = None
@@ -229,8 +231,8 @@ class LearnerActor:
         torch.set_num_threads(os.cpu_count() or 1)
         try:
             return warm_start(
-                self.policy, examples, response_length, seconds=wc.seconds, lr=wc.lr,
-                batch_size=wc.batch_size, seed=self.config.seed,
+                self.policy, examples, response_length, max_steps=wc.steps, lr=wc.lr,
+                seconds=wc.max_seconds, batch_size=wc.batch_size, seed=self.config.seed,
             )
         finally:
             set_threads(self.config.learner.num_cpus)

@@ -141,8 +141,11 @@ class LearnerConfig(Section):
 
 
 class WarmupConfig(Section):
-    seconds: float = 90.0
-    """Supervised warm start of the tiny model before RL (0 skips it)."""
+    steps: int = Field(200, ge=0)
+    """Supervised warm-start steps of the tiny model before RL (0 skips it); a step count, not a
+    time budget, so a run is reproducible from its seed."""
+    max_seconds: float | None = None
+    """Optional wall-clock cap on the warm start (makes the run machine-dependent)."""
     lr: float = 1e-3
     """AdamW learning rate of the warm start."""
     batch_size: int = 64

@@ -100,6 +100,17 @@ def load_task_rows(task_cfg, split: str, seed: int) -> list[dict]:
     return generate_rows(task_cfg.name, n, split, seed)
 
 
+def generated_train_and_heldout(task_cfg, seed: int) -> tuple[list[dict], list[dict]]:
+    """Generated training rows plus held-out rows drawn from the same training grids/number sets
+    but never in the training rows (the test split uses grids/number sets training never sees)."""
+    rows = generate_rows(task_cfg.name, task_cfg.num_train + 2 * task_cfg.num_test, "train", seed)
+    unique = list({compact_prompt(task_cfg.name, r): r for r in rows}.values())
+    train = unique[: task_cfg.num_train]
+    seen = {compact_prompt(task_cfg.name, r) for r in train}
+    heldout = [r for r in unique[task_cfg.num_train :] if compact_prompt(task_cfg.name, r) not in seen]
+    return train, heldout[: task_cfg.num_test]
+
+
 @dataclass
 class DataCursor:
     epoch: int = 0

@@ -28,6 +28,7 @@ class RolloutPool:
         self.config, self.config_dict = config, config_dict
         self.actors: dict[str, ray.actor.ActorHandle] = {}
         self._next_index = 0
+        self.namespace = namespace_of(config.run_name)
 
     def add(self) -> str:
         name = f"rollout-{self._next_index}"
@@ -35,7 +36,7 @@ class RolloutPool:
         rc = self.config.rollout
         self.actors[name] = (
             ray.remote(RolloutActor)
-            .options(name=name, num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=0)
+            .options(name=name, namespace=self.namespace, num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=0)
             .remote(name, self.config_dict)
         )
         return name
@@ -66,6 +67,7 @@ class VerifierPool:
         self.config, self.config_dict = config, config_dict
         self.actors: dict[str, ray.actor.ActorHandle] = {}
         self._next_index = 0
+        self.namespace = namespace_of(config.run_name)
         self._turn = 0
 
     def add(self) -> str:
@@ -73,7 +75,7 @@ class VerifierPool:
         self._next_index += 1
         self.actors[name] = (
             ray.remote(VerifierActor)
-            .options(name=name, num_cpus=self.config.rewards.num_cpus, max_restarts=0, max_concurrency=2)
+            .options(name=name, namespace=self.namespace, num_cpus=self.config.rewards.num_cpus, max_restarts=0, max_concurrency=2)
             .remote(name, self.config_dict)
         )
         return name
@@ -95,7 +97,7 @@ def make_learners(config, config_dict: dict) -> list[ray.actor.ActorHandle]:
     lc = config.learner
     learners = [
         ray.remote(LearnerActor)
-        .options(name=f"learner-{rank}", num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0)
+        .options(name=f"learner-{rank}", namespace=namespace_of(config.run_name), num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0)
         .remote(rank, lc.num_workers, config_dict)
         for rank in range(lc.num_workers)
     ]

@@ -33,6 +33,8 @@ def reserved_cpus(config: RunConfig) -> float:
 def connect(config: RunConfig) -> None:
     """Join the cluster at RAY_ADDRESS, or start a private local one sized for the run."""
     namespace = namespace_of(config.run_name)
+    if ray.is_initialized():  # a caller (tests, notebooks) already connected
+        return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True)
         return
@@ -56,10 +58,15 @@ def train(config: RunConfig, resume: str | None = None) -> dict:
     connect(config)
     controller = (
         ray.remote(Controller)
-        .options(name="controller", num_cpus=0, max_concurrency=4, max_restarts=0)
+        .options(name="controller", namespace=namespace_of(config.run_name), num_cpus=0,
+                 max_concurrency=4, max_restarts=0)
         .remote(config.model_dump(mode="json"), resume)
     )
-    return ray.get(controller.run.remote())
+    try:
+        return ray.get(controller.run.remote())
+    finally:
+        # The controller owns every other actor of the run: killing it releases them and their names.
+        ray.kill(controller)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

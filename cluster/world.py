@@ -17,7 +17,14 @@ from pathlib import Path
 import ray
 
 from cluster.checkpoint import find_checkpoint, load_trainer_state
-from cluster.data import DataCursor, encode_prompts, load_task_rows, prompt_text, sft_examples
+from cluster.data import (
+    DataCursor,
+    encode_prompts,
+    generated_train_and_heldout,
+    load_task_rows,
+    prompt_text,
+    sft_examples,
+)
 from cluster.groups import RolloutPool, VerifierPool, make_learners
 from cluster.policy_factory import load_tokenizer
 from cluster.stream import RolloutRequest, RolloutStream
@@ -31,8 +38,12 @@ class World:
         tok = load_tokenizer(config)
         self.tokenizer, self.pad_id = tok, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         task = config.task
-        self.train_rows = load_task_rows(task, "train", config.seed)
         self.eval_sets = {"test": load_task_rows(task, "test", config.seed)}
+        if task.train_path is None:
+            self.train_rows, heldout = generated_train_and_heldout(task, config.seed)
+            self.eval_sets["heldout"] = heldout
+        else:
+            self.train_rows = load_task_rows(task, "train", config.seed)
         self.train_prompt_ids = self._encode(self.train_rows)
         self.eval_prompt_ids = {name: self._encode(rows) for name, rows in self.eval_sets.items()}
         self.log(f"[setup] task {task.name}: {len(self.train_rows)} train rows, "
@@ -69,13 +80,13 @@ class World:
             self.log(f"[resume] from {path} (step {state['step']}, version {state['version']})")
             return state["step"], DataCursor(**state["cursor"])
         wc = self.config.warmup
-        if wc.seconds > 0:
+        if wc.steps > 0:
             if self.config.task.prompt_style != "compact":
-                raise ValueError("the supervised warm start is for the tiny model's compact task; set warmup.seconds=0")
+                raise ValueError("the supervised warm start is for the tiny model's compact task; set warmup.steps=0")
             gen_length = self.config.rollout.sampling.gen_length
             examples = sft_examples(self.config.task.name, self.train_rows, self.tokenizer, gen_length,
                                     self.tokenizer.eos_token_id, self.pad_id)
-            self.log(f"[warmup] supervised masked-diffusion warm start for {wc.seconds:.0f}s on learner-0")
+            self.log(f"[warmup] supervised masked-diffusion warm start, {wc.steps} steps on learner-0")
             stats = ray.get(self.learners[0].warm_start.remote(examples, gen_length))
             self.log(f"[warmup] done: {stats}")
             if len(self.learners) > 1:

@@ -43,7 +43,7 @@ def warm_start(
     examples: tuple[torch.Tensor, torch.Tensor],
     response_length: int,
     *,
-    seconds: float,
+    seconds: float | None = None,
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
@@ -51,7 +51,10 @@ def warm_start(
     log_every: int = 50,
     log=print,
 ) -> dict:
-    """Train on (input_ids [N, T], attention_mask [N, T]) for a wall-clock budget; returns stats."""
+    """Train on (input_ids [N, T], attention_mask [N, T]) for `max_steps` steps and/or `seconds`."""
+    if seconds is None and max_steps is None:
+        raise ValueError("warm_start needs max_steps or seconds")
+    seconds = float("inf") if seconds is None else seconds
     input_ids, attention_mask = examples
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)

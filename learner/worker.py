@@ -126,7 +126,7 @@ class LearnerWorker:
             metrics = self._diffu_grpo_step(batch)
         else:
             metrics = self.accumulate_gradients(batch)
-            metrics.update(self._apply_update())
+            metrics.update(self.apply_update())
         metrics["perf/step_seconds"] = time.perf_counter() - start
         metrics["perf/peak_memory_bytes"] = float(_peak_memory_bytes(self.device))
         return metrics
@@ -193,15 +193,16 @@ class LearnerWorker:
 
     # ---- bgpo and elbo_ratio ----------------------------------------------------------------
 
-    def _chunks(self):
-        n_t, c = self.config.n_t, self.config.mc_chunk
+    def _chunks(self, n_t: int) -> list[slice]:
+        """MC sample indices in chunks of mc_chunk (n_t from the batch's masks, which may be supplied)."""
+        c = self.config.mc_chunk
         return [slice(j, min(j + c, n_t)) for j in range(0, n_t, c)]
 
     def _bgpo_micro_batch(self, mb: TrainBatch) -> torch.Tensor:
         """One backward per MC chunk (bgpo.md section 5): loss = -sum(g_j) / (G * n_t)."""
         cfg, sums = self.config, torch.zeros(6, dtype=torch.float64)
         n_t = mb.masks.shape[1]
-        for cols in self._chunks():
+        for cols in self._chunks(n_t):
             ell = elbo_terms(self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length)
             ell_old = mb.ell_old[:, cols].to(ell.dtype)
             if cfg.clip_eps is None:
@@ -219,7 +220,7 @@ class LearnerWorker:
         """All n_t graphs of the micro-batch alive, then one backward: loss = -sum(J_s) / G."""
         ells = [
             elbo_terms(self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length)
-            for cols in self._chunks()
+            for cols in self._chunks(mb.masks.shape[1])
         ]
         ell = torch.cat(ells, dim=1)
         ell_old = mb.ell_old.to(ell.dtype)
@@ -262,7 +263,7 @@ class LearnerWorker:
 
     # ---- the update -------------------------------------------------------------------------
 
-    def _apply_update(self) -> dict[str, float]:
+    def apply_update(self) -> dict[str, float]:
         """Clip the global grad norm, skip the step when it is non-finite, else AdamW."""
         max_norm = self.config.grad_clip if self.config.grad_clip else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
@@ -326,5 +327,5 @@ class LearnerWorker:
         metrics = self._finish_accumulation(batch, sums)
         metrics["train/mean_abs_log_ratio"] = metrics.pop("train/mean_abs_z")
         metrics["train/masked_tokens"] = metrics["train/tokens"]
-        metrics.update(self._apply_update())
+        metrics.update(self.apply_update())
         return metrics

@@ -7,7 +7,7 @@ files, CPU time and core dumps; bwrap unshares every namespace (user, pid, net, 
 mount), drops all capabilities, forbids nested user namespaces, starts a new session (no TIOCSTI on
 our terminal), runs the harness as pid 1 (so bwrap's helper never exposes the host environment and
 the whole sandbox dies when the harness exits), with a cleared environment, read-only /usr, a
-size-capped tmpfs /tmp and nothing else from the host: no /etc, no /home, no project directory.
+size-capped tmpfs /tmp (the only writable place) and nothing else from the host: no /etc, no /home, no project directory.
 
 Which Python runs inside: by default the system interpreter /usr/bin/python3. It lives under /usr,
 which is bound anyway, so it adds nothing to what the sandbox sees, and it is readable by the
@@ -115,6 +115,9 @@ def bwrap_args(config: SandboxConfig, *, uid: int, harness: str, python: str,
             "--ro-bind", harness, HARNESS_INSIDE]
     for prefix in binds:
         args += ["--ro-bind", prefix, prefix]
+    # bwrap's root and /dev are tmpfs mounts with no size cap: left writable, files there would
+    # eat host memory. Device nodes stay usable on a read-only /dev.
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     args += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", SANDBOX_PATH,
              "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
              python, "-I", HARNESS_INSIDE]

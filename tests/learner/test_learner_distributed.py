@@ -27,9 +27,12 @@ def _rank_main(rank: int, world_size: int, init_file: str, batch: TrainBatch, ou
     try:
         policy = _policy()
         learner = LearnerWorker(policy, LearnerConfig(**CONFIG), rank=rank, world_size=world_size)
-        metrics = learner.step(batch.select(SHARDS[rank]))
+        metrics = learner.accumulate_gradients(batch.select(SHARDS[rank]))
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters()}
+        metrics.update(learner.apply_update())
         state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-        torch.save({"weights": state, "metrics": metrics}, os.path.join(out_dir, f"rank{rank}.pt"))
+        result = {"weights": state, "grads": grads, "metrics": metrics}
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -45,7 +48,11 @@ def test_two_ranks_match_one_rank(make_batch, tmp_path: Path):
 
     single_policy = _policy()
     single = LearnerWorker(single_policy, LearnerConfig(**CONFIG))
-    metrics = single.step(batch)
+    metrics = single.accumulate_gradients(batch)
+    for name, p in single_policy.named_parameters():
+        for r in range(2):
+            assert torch.allclose(ranks[r]["grads"][name], p.grad, rtol=0, atol=1e-12), name
+    metrics.update(single.apply_update())
     for name, value in single_policy.state_dict().items():
         assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name]), name  # identical ranks
         assert torch.allclose(ranks[0]["weights"][name], value, rtol=0, atol=1e-10), name

@@ -97,3 +97,17 @@ def test_busy_children_die_with_their_parent(tmp_path):
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     pytest.fail(f"isolation child {pid} outlived its parent")
+
+
+def test_math_verify_never_loads_in_the_scoring_process():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rewards import score\n"
+            "r = score('math', '\\\\boxed{\\\\sqrt{117}}', {'reward_model': {'ground_truth': "
+            "'3\\\\sqrt{13}'}})\n"
+            "print(r.status, r.extra['method'], 'math_verify' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60, check=True)
+    assert out.stdout.split() == ["ok", "math_verify", "False"]

@@ -41,7 +41,9 @@ def test_cached_query_matches_full_forward_on_unchanged_canvas(policy, mode):
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_one_step_per_block_is_exact(policy, prompts, mode):
     opts = dict(gen_length=32, steps=4, block_length=8, mask_id=policy.mask_id)
-    assert torch.equal(generate(policy, prompts, cache=mode, **opts), generate(policy, prompts, **opts))
+    assert torch.equal(
+        generate(policy, prompts, cache=mode, **opts), generate(policy, prompts, **opts)
+    )
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])

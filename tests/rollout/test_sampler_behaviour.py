@@ -61,8 +61,12 @@ def test_same_seed_same_tokens_other_seed_other_tokens(policy, prompts):
 
 def test_random_remasking_is_seeded_and_differs_from_low_confidence(policy, prompts):
     opts = dict(gen_length=32, steps=32, block_length=32, mask_id=policy.mask_id)
-    rand_a = generate(policy, prompts, remasking="random", generator=torch.Generator().manual_seed(1), **opts)
-    rand_b = generate(policy, prompts, remasking="random", generator=torch.Generator().manual_seed(1), **opts)
+    rand_a = generate(
+        policy, prompts, remasking="random", generator=torch.Generator().manual_seed(1), **opts
+    )
+    rand_b = generate(
+        policy, prompts, remasking="random", generator=torch.Generator().manual_seed(1), **opts
+    )
     low = generate(policy, prompts, **opts)
     assert torch.equal(rand_a, rand_b)
     assert not torch.equal(rand_a, low)
@@ -111,7 +115,9 @@ def test_eval_mode_commits_a_predicted_eos_last(eval_mode):
     assert out[0, 2:].tolist() == [EOS, 5, 6, 7]
     eos_still_masked = [int(x[0, 2]) == MASK for x in model.seen]
     # Training order: EOS (most confident) goes first. Eval: its confidence is 0, so it goes last.
-    assert eos_still_masked == ([True, True, True, True] if eval_mode else [True, False, False, False])
+    assert eos_still_masked == (
+        [True, True, True, True] if eval_mode else [True, False, False, False]
+    )
 
 
 def test_threshold_decoding_reduces_nfe(policy, prompts):
