@@ -87,7 +87,7 @@ class RolloutActor(_WeightReceiver):
 
         self.worker_id, self.worker = worker_id, None  # set first: __repr__ must work if init fails
         self.config = RunConfig.model_validate(config)
-        set_threads(self.config.rollout.num_cpus)
+        set_threads(self.config.rollout.num_cpus, self.config.rollout.num_threads)
         policy = build_policy(self.config)
         self.train_sampling = sampling_config(self.config.rollout.sampling)
         self.eval_sampling = sampling_config(self.config.rollout.eval_sampling)
@@ -182,12 +182,18 @@ class VerifierActor:
     def counters(self) -> dict:
         return self.worker.counters()
 
+    def stall(self, seconds: float) -> bool:
+        """Fault injection for drills and tests: occupy one of the actor's threads for `seconds`,
+        as a verifier wedged in a native call would."""
+        time.sleep(seconds)
+        return True
+
 
 class LearnerActor:
     def __init__(self, rank: int, world_size: int, config: dict) -> None:
         self.rank, self.world_size = rank, world_size
         self.config = RunConfig.model_validate(config)
-        set_threads(self.config.learner.num_cpus)
+        set_threads(self.config.learner.num_cpus, self.config.learner.num_threads)
         _quiet_transformers()
         self.policy = build_policy(self.config)
         self.worker = None
@@ -235,7 +241,7 @@ class LearnerActor:
                 seconds=wc.max_seconds, batch_size=wc.batch_size, seed=self.config.seed,
             )
         finally:
-            set_threads(self.config.learner.num_cpus)
+            set_threads(self.config.learner.num_cpus, self.config.learner.num_threads)
 
     def train_step(self, batch) -> dict:
         return self.worker.step(batch.to(self.policy.device))

@@ -43,8 +43,9 @@ class ModelConfig(Section):
 class TaskConfig(Section):
     name: Literal["sudoku", "countdown", "gsm8k", "math", "humaneval", "mbpp"] = "sudoku"
     """Which task of the rewards package scores the completions."""
-    train_path: str | None = None
-    """Parquet/jsonl rows (d1/BGPO layout) or a hub dataset name; None generates sudoku/countdown."""
+    train_path: str | list[str] | None = None
+    """Parquet/jsonl rows (d1/BGPO layout), several files, or a hub dataset name; None generates
+    sudoku/countdown rows with certified solutions."""
     test_path: str | None = None
     """Held-out rows for evaluation; None generates them (from grids unseen in training)."""
     num_train: int = 2000
@@ -72,6 +73,8 @@ class SamplingSection(Section):
     """Fast-dLLM approximate KV cache (off by default: it changes the samples)."""
     threshold: float | None = None
     """Confidence-threshold parallel decoding; None is off (reported unstable inside online RL)."""
+    eval_mode: bool = False
+    """Evaluation decoding: a predicted EOS gets confidence 0, so it is committed last (bgpo.md 7.4)."""
 
     @model_validator(mode="after")
     def _blocks_divide(self) -> SamplingSection:
@@ -90,14 +93,16 @@ class RolloutConfig(Section):
     """CPUs reserved per rollout actor."""
     num_gpus: float = 0.0
     """GPUs reserved per rollout actor."""
+    num_threads: int | None = None
+    """torch intra-op threads per rollout actor (default: num_cpus, at least 1)."""
     group_size: int = Field(8, ge=1)
     """G: samples per prompt (one GRPO group)."""
     micro_batch_size: int = 64
     """Sequences per sampler forward on a worker."""
     sampling: SamplingSection = SamplingSection()
     """Sampler settings for training rollouts."""
-    eval_sampling: SamplingSection = SamplingSection(temperature=0.0)
-    """Sampler settings for held-out evaluation (greedy by default)."""
+    eval_sampling: SamplingSection = SamplingSection(temperature=0.0, eval_mode=True)
+    """Sampler settings for held-out evaluation (greedy, EOS confidence 0: the paper's setting)."""
 
 
 class RewardsConfig(Section):
@@ -120,6 +125,9 @@ class LearnerConfig(Section):
     """CPUs reserved per learner rank."""
     num_gpus: float = 0.0
     """GPUs reserved per learner rank."""
+    num_threads: int | None = 2
+    """torch intra-op threads per learner rank (None: num_cpus). In synchronous mode the rollout
+    actors are idle while the learner trains, so on a small CPU node it may use every core."""
     objective: Literal["bgpo", "elbo_ratio", "diffu_grpo"] = "bgpo"
     """Policy objective (bgpo.md sections 4 and 8)."""
     n_t: int = Field(8, ge=1)
@@ -141,7 +149,7 @@ class LearnerConfig(Section):
 
 
 class WarmupConfig(Section):
-    steps: int = Field(200, ge=0)
+    steps: int = Field(300, ge=0)
     """Supervised warm-start steps of the tiny model before RL (0 skips it); a step count, not a
     time budget, so a run is reproducible from its seed."""
     max_seconds: float | None = None
@@ -153,7 +161,7 @@ class WarmupConfig(Section):
 
 
 class TrainerConfig(Section):
-    total_steps: int = Field(40, ge=0)
+    total_steps: int = Field(80, ge=0)
     """RL steps (one optimizer step per rollout batch)."""
     prompts_per_step: int = Field(16, ge=1)
     """B: prompts per step; the batch is B x G responses."""
@@ -228,7 +236,13 @@ def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-6" (no dot) as a string; users mean the number
+            value = float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def resolve_config_path(name_or_path: str) -> Path:

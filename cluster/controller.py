@@ -54,8 +54,11 @@ class Controller:
         return {"queued": rollout_workers, "step": self.step}
 
     def status(self) -> dict:
-        rollouts = sorted(self.world.rollouts.actors) if hasattr(self, "world") else []
-        return {"step": self.step, "version": self.version, "rollout_workers": rollouts, "status": self.status_line}
+        world = getattr(self, "world", None)
+        rollouts = world.rollouts.names() if world else []
+        joining = sorted(world.rollouts.joining) if world else []
+        return {"step": self.step, "version": self.version, "rollout_workers": rollouts,
+                "rollout_joining": joining, "status": self.status_line}
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -72,7 +75,8 @@ class Controller:
         )
         stream.accounting.update(world.restored_accounting)
         world.sync_weights(self.version)
-        metrics = MetricsLog(self.run_dir, tensorboard=cfg.tracking.tensorboard, wandb=cfg.tracking.wandb, config=self.config_dict)
+        metrics = MetricsLog(self.run_dir, tensorboard=cfg.tracking.tensorboard, wandb=cfg.tracking.wandb,
+                             config=self.config_dict, resume_step=start_step if start_step else None)
         summary = {"run_dir": str(self.run_dir), "start_step": start_step}
         if start_step == 0:
             self.series.phase("eval")
@@ -112,7 +116,7 @@ class Controller:
             self.step = step + 1
             self.series.phase("weight_sync")
             sync = world.sync_weights(self.version)
-            values = {**info, **train[0], **sync,
+            values = {**info, **train[0], **sync, "perf/learner_busy_seconds": train[0].get("perf/step_seconds", 0.0),
                       "time/rollout": t_rollout, "time/reward": t_reward, "time/train": t_train,
                       "time/step": time.perf_counter() - t0,
                       "perf/rollout_tokens_per_s": info["rollout/tokens"] / max(t_rollout, 1e-9)}
@@ -168,7 +172,8 @@ class Controller:
             target = self._scale_requests.get_nowait()
         if target is not None:
             self._print(f"[scale] rollout workers {len(world.rollouts.names())} -> {target}")
-            world.resize_rollouts(target, self.version)
+            world.resize_rollouts(target)
+        world.admit_joining()
 
     def _update_series(self, values: dict, extras: dict) -> None:
         self.series.step.set(self.step)

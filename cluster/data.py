@@ -94,6 +94,8 @@ def generate_rows(task: str, n: int, split: str, seed: int) -> list[dict]:
 
 def load_task_rows(task_cfg, split: str, seed: int) -> list[dict]:
     path = task_cfg.train_path if split == "train" else task_cfg.test_path
+    if isinstance(path, list):
+        return [row for one in path for row in load_rows(one)]
     if path:
         return load_rows(path)
     n = task_cfg.num_train if split == "train" else task_cfg.num_test

@@ -22,28 +22,52 @@ def namespace_of(run_name: str) -> str:
 
 
 class RolloutPool:
-    """Rollout actors by name; the index in a name is never reused within a run."""
+    """Rollout actors by name; the index in a name is never reused within a run.
+
+    A new actor first waits in `joining` until Ray has placed it and it answers a ping; only
+    then does it get weights and work. With the autoscaler, a request that does not fit yet
+    simply stays in `joining`.
+    """
 
     def __init__(self, config, config_dict: dict) -> None:
         self.config, self.config_dict = config, config_dict
         self.actors: dict[str, ray.actor.ActorHandle] = {}
+        self.joining: dict[str, tuple[ray.actor.ActorHandle, ray.ObjectRef]] = {}
         self._next_index = 0
         self.namespace = namespace_of(config.run_name)
 
     def add(self) -> str:
+        """Request one more actor; it joins `actors` once `ready()` sees it answer."""
         name = f"rollout-{self._next_index}"
         self._next_index += 1
         rc = self.config.rollout
-        self.actors[name] = (
+        handle = (
             ray.remote(RolloutActor)
             .options(name=name, namespace=self.namespace, num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=0)
             .remote(name, self.config_dict)
         )
+        self.joining[name] = (handle, handle.ping.remote())
         return name
 
+    def ready(self, timeout_s: float = 0.0) -> list[str]:
+        """Move the joining actors that answer within `timeout_s` into the pool; returns their names."""
+        if not self.joining:
+            return []
+        refs = {ref: name for name, (_, ref) in self.joining.items()}
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        joined = []
+        for ref in done:
+            name = refs[ref]
+            handle, _ = self.joining.pop(name)
+            ray.get(ref)  # raises if the actor failed to start: a config or code error, not transient
+            self.actors[name] = handle
+            joined.append(name)
+        return joined
+
     def remove(self, name: str) -> None:
-        handle = self.actors.pop(name)
-        ray.kill(handle, no_restart=True)
+        handle = self.actors.pop(name, None) or self.joining.pop(name, (None,))[0]
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
 
     def names(self) -> list[str]:
         return sorted(self.actors, key=lambda n: int(n.rsplit("-", 1)[1]))

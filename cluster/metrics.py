@@ -57,9 +57,12 @@ def _finite(value):
 class MetricsLog:
     """Appends one JSON object per step to metrics.jsonl and forwards to optional trackers."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = False, wandb: bool = False, config: dict | None = None):
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False, wandb: bool = False,
+                 config: dict | None = None, resume_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
         self._tb = None
         self._wandb = None
         if tensorboard:
@@ -70,6 +73,11 @@ class MetricsLog:
             import wandb as wandb_module  # extra 'tracking'
 
             self._wandb = wandb_module.init(project="bgpo", name=Path(run_dir).name, config=config or {})
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: drop their old records."""
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, values: dict) -> None:
         record = {"step": step, "time/unix": time.time(), **{k: _finite(v) for k, v in values.items()}}
@@ -101,7 +109,7 @@ def console_line(step: int, total: int, values: dict, started: float, start_step
 
     return (
         f"step {step}/{total} | reward {fmt('reward/mean', '.3f')} acc {fmt('reward/accuracy', '.3f')}"
-        f" | loss {fmt('train/loss', '+.4f')} gnorm {fmt('train/grad_norm', '.3f')}"
+        f" | loss {fmt('train/loss', '+.2e')} gnorm {fmt('train/grad_norm', '.3f')}"
         f" | {fmt('perf/rollout_tokens_per_s', '.0f')} tok/s | {fmt('time/step', '.1f')}s/step"
         f" | stale {fmt('rollout/staleness_mean', '.2f')} | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
     )

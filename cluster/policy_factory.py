@@ -26,9 +26,10 @@ def build_policy(config, *, path: str | None = None) -> Policy:
     )
 
 
-def set_threads(num_cpus: float) -> None:
-    """One intra-op thread per reserved CPU, so actors sharing a node do not oversubscribe it."""
-    torch.set_num_threads(max(1, int(num_cpus)))
+def set_threads(num_cpus: float, num_threads: int | None = None) -> None:
+    """One intra-op thread per reserved CPU unless set explicitly, so actors sharing a node do not
+    oversubscribe it."""
+    torch.set_num_threads(max(1, num_threads or int(num_cpus)))
 
 
 def load_tokenizer(config):

@@ -49,6 +49,11 @@ def assemble_batch(outputs: list[dict], stream, world, *, step: int, version: in
         "rollout/tokens_per_forward": float(np.mean([r.tokens_per_forward for r in rollouts])) if rollouts else 0.0,
         "rollout/staleness_mean": float(np.mean([version - r.policy_version for r in rollouts])) if rollouts else 0.0,
         "rollout/staleness_max": max((version - r.policy_version for r in rollouts), default=0),
+        "rollout/version_min": min((r.policy_version for r in rollouts), default=-1),
+        "rollout/version_max": max((r.policy_version for r in rollouts), default=-1),
+        "rollout/workers": len({r.worker_id for r in rollouts}),
+        "rollout/old_terms_from_rollout": int(bool(masks)),
+        "perf/rollout_busy_seconds": sum(out.get("seconds", 0.0) for out in outputs),
         "reward/latency_mean": float(np.mean([r.get("seconds", 0.0) for r in results])) if results else 0.0,
     }
     info.update({f"reward/status_{s}": n / max(len(results), 1) for s, n in statuses.items()})

@@ -103,7 +103,59 @@ def numpy_buckets(module: torch.nn.Module, buckets: list[WeightBucket]) -> list:
     return [to_numpy(pack_bucket(b, state)) for b in buckets]
 
 
+class WeightPublisher:
+    """Driver side of weight sync: pushes learner rank 0's weights to a set of rollout actors.
+
+    Used by the controller (and the pipeline benchmark) with actor handles; the broadcast group is
+    rebuilt whenever the set of receivers changes (a new epoch), so workers can join and leave.
+    """
+
+    def __init__(self, learner, buckets: list[WeightBucket], backend: str) -> None:
+        if backend not in ("collective", "object_store"):
+            raise ValueError(f"unknown weight-sync backend {backend!r}")
+        self.learner, self.buckets, self.backend = learner, buckets, backend
+        self.epoch = 0
+        self._members: tuple[str, ...] | None = None
+
+    def invalidate(self) -> None:
+        """Membership changed: rebuild the broadcast group before the next push."""
+        self._members = None
+
+    def push(self, receivers: dict, version: int) -> int:
+        """Send `version` to every receiver (name -> actor handle); returns bytes per receiver."""
+        import ray
+
+        names = sorted(receivers)
+        if self.backend == "object_store" or not names:
+            self.push_object_store(receivers, version)
+            return sum(b.nbytes for b in self.buckets)
+        if self._members != tuple(names):
+            self._rebuild(receivers, names)
+        refs = [receivers[n].receive_weights.remote(version) for n in names]
+        sent = ray.get(self.learner.send_weights.remote())
+        ray.get(refs)
+        return sent["bytes"]
+
+    def push_object_store(self, receivers: dict, version: int) -> None:
+        """Numpy buckets put once, read zero-copy by each receiver (late joiners, fallback)."""
+        import ray
+
+        payload = self.learner.numpy_weights.remote()
+        ray.get([actor.load_numpy_weights.remote(version, payload) for actor in receivers.values()])
+
+    def _rebuild(self, receivers: dict, names: list[str]) -> None:
+        import ray
+
+        self.epoch += 1
+        spec = ray.get(self.learner.sync_endpoint.remote(self.epoch, len(names) + 1))
+        refs = [self.learner.join_sync.remote(spec)]
+        refs += [receivers[n].join_sync.remote(spec, i + 1, self.buckets) for i, n in enumerate(names)]
+        ray.get(refs)
+        self._members = tuple(names)
+
+
 __all__ = [
+    "WeightPublisher",
     "SyncGroup",
     "SyncGroupSpec",
     "free_port",

@@ -28,6 +28,7 @@ from cluster.data import (
 from cluster.groups import RolloutPool, VerifierPool, make_learners
 from cluster.policy_factory import load_tokenizer
 from cluster.stream import RolloutRequest, RolloutStream
+from cluster.weight_sync import WeightPublisher
 
 log = logging.getLogger("bgpo.world")
 
@@ -52,13 +53,15 @@ class World:
         self.rollouts = RolloutPool(config, config_dict)
         for _ in range(config.rollout.num_workers):
             self.rollouts.add()
+        self.rollouts.ready(timeout_s=600)
+        if not self.rollouts.actors:
+            raise RuntimeError("no rollout actor could be placed within 600 s: check rollout.num_cpus/num_gpus")
         self.verifiers = VerifierPool(config, config_dict)
         for _ in range(config.rewards.num_workers):
             self.verifiers.add()
         self.buckets = ray.get(self.learners[0].weight_plan.remote())
+        self.publisher = WeightPublisher(self.learners[0], self.buckets, config.weight_sync.backend)
         self.version = 0
-        self.sync_epoch = 0
-        self._sync_members: tuple[str, ...] | None = None
         self.restored_accounting: dict = {}
 
     def _encode(self, rows: list[dict]) -> list[list[int]]:
@@ -113,53 +116,52 @@ class World:
                 "perf/weight_sync_backend": self.config.weight_sync.backend}
 
     def _sync_once(self, version: int) -> int:
-        names = self.rollouts.names()
-        if self.config.weight_sync.backend == "object_store":
-            payload = self.learners[0].numpy_weights.remote()
-            ray.get([self.rollouts.actors[n].load_numpy_weights.remote(version, payload) for n in names])
-            return sum(b.nbytes for b in self.buckets)
-        if self._sync_members != tuple(names):
-            self._rebuild_sync_group(names)
-        refs = [self.rollouts.actors[n].receive_weights.remote(version) for n in names]
-        sent = ray.get(self.learners[0].send_weights.remote())
-        ray.get(refs)
-        return sent["bytes"]
-
-    def _rebuild_sync_group(self, names: list[str]) -> None:
-        self.sync_epoch += 1
-        spec = ray.get(self.learners[0].sync_endpoint.remote(self.sync_epoch, len(names) + 1))
-        refs = [self.learners[0].join_sync.remote(spec)]
-        refs += [self.rollouts.actors[n].join_sync.remote(spec, i + 1, self.buckets) for i, n in enumerate(names)]
-        ray.get(refs)
-        self._sync_members = tuple(names)
+        return self.publisher.push(self.rollouts.actors, version)
 
     def _load_current_weights(self, names: list[str]) -> None:
-        payload = self.learners[0].numpy_weights.remote()
-        ray.get([self.rollouts.actors[n].load_numpy_weights.remote(self.version, payload) for n in names])
+        self.publisher.push_object_store({n: self.rollouts.actors[n] for n in names}, self.version)
 
-    def replace_rollout(self, name: str) -> str:
-        if name in self.rollouts.actors:
-            self.rollouts.remove(name)
+    def replace_rollout(self, name: str) -> str | None:
+        if name not in self.rollouts.actors:
+            return None  # removed on purpose (scaled down): its work is re-dispatched, not replaced
+        self.rollouts.remove(name)
         new = self.rollouts.add()
-        self._load_current_weights([new])
-        self._sync_members = None
-        self.log(f"[recover] {name} replaced by {new} (weights v{self.version} via the object store)")
+        joined = self.rollouts.ready(timeout_s=self.config.trainer.rollout_timeout_s)
+        if joined:
+            self._load_current_weights(joined)
+        self.publisher.invalidate()
+        self.log(f"[recover] {name} replaced by {new} (weights v{self.version} via the object store)"
+                 if joined else f"[recover] {name} died; its replacement {new} is still pending")
         return new
+
+    def admit_joining(self) -> list[str]:
+        """Joining actors that are up now get the current weights and start taking work."""
+        joined = self.rollouts.ready(timeout_s=0.0)
+        if joined:
+            self._load_current_weights(joined)
+            self.publisher.invalidate()
+            self.log(f"[scale] {', '.join(joined)} joined with weights v{self.version}")
+        return joined
 
     def _replace_dead_rollouts(self) -> None:
         _, dead = self.rollouts.alive()
         for name in dead:
             self.replace_rollout(name)
-        self._sync_members = None
+        self.publisher.invalidate()
 
-    def resize_rollouts(self, target: int, version: int) -> None:
-        names = self.rollouts.names()
-        while len(names) > target:  # between steps nothing is in flight on the removed actor
+    def resize_rollouts(self, target: int) -> None:
+        """Grow or shrink towards `target`; removals happen between steps, when nothing is in
+        flight on them in synchronous mode (asynchronous mode re-dispatches their requests)."""
+        pool = self.rollouts
+        while len(pool.actors) + len(pool.joining) > target and pool.joining:
+            pool.remove(sorted(pool.joining)[-1])  # cancel pending joins first
+        names = pool.names()
+        while len(names) > target:
             self.rollouts.remove(names.pop())
-        added = [self.rollouts.add() for _ in range(target - len(names))]
-        if added:
-            self._load_current_weights(added)
-        self._sync_members = None
+        for _ in range(target - len(pool.actors) - len(pool.joining)):
+            pool.add()
+        self.publisher.invalidate()
+        self.admit_joining()
 
     def split_prompts(self, indices: list[int], parts: int) -> list[list[int]]:
         parts = max(1, min(parts, len(indices)))

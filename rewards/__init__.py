@@ -41,6 +41,16 @@ def score(task: str, completion: str, item: dict, *, preset: str = "bgpo",
     return result
 
 
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates replaced by '?': they cannot be encoded as UTF-8, and a
+    result that echoes them (extra["answer"]) would break every JSON writer downstream."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def _score_checked(task_obj, completion, item, preset: str, options: ScoringOptions) -> RewardResult:
     if not isinstance(completion, str):
         return RewardResult(0.0, "error", f"completion is {type(completion).__name__}, not str")
@@ -50,6 +60,7 @@ def _score_checked(task_obj, completion, item, preset: str, options: ScoringOpti
     if truncated:
         # Keep the head, as a length-capped generation would have produced it.
         completion = completion[: options.max_completion_chars]
+    completion = _encodable(completion)
     try:
         result = task_obj.score(completion, item, preset=preset, options=options)
     except Exception as exc:  # a task bug must not take down a batch; it is logged, not hidden

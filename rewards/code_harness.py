@@ -1,11 +1,17 @@
 """Trusted test harness that runs INSIDE the code sandbox (stdlib only, Python >= 3.8).
 
+It runs under the sandbox's interpreter (often the system Python, which may be older than the
+project's), hence no zip(strict=) and no 3.10+ syntax at run time.
+
 Protocol (see rewards/sandbox/runner.py for the host side):
-  stdin   one JSON object {"nonce": str, "code": str, "tests": [str, ...], "guard": [name, ...]},
-          read fully and closed
-          before any candidate code runs; the tests never touch the disk.
-  stdout  `<nonce> ready`, then `<nonce> result <i> pass` or `<nonce> result <i> fail <json reason>`
-          for every test, then `<nonce> done <n_tests>`. The host trusts nothing else.
+  stdin   one marshalled dict {"nonce": str, "code": str, "tests": [str, ...], "guard": [name]}
+          from the trusted host (marshal, not json: importing json costs more than the rest of
+          the harness), read fully and closed before any candidate code runs; the tests never
+          touch the disk.
+  stdout  `<nonce> ready`, then `<nonce> result <i> pass` or `<nonce> result <i> fail <hex
+          reason>` for every test, then `<nonce> done <n_tests>`. The host trusts nothing else.
+  W -> P  text lines parsed with str methods only (W runs candidate code: never unmarshal
+          anything it sends).
 
 Two processes, so the nonce never shares memory with candidate code:
   P (this process, pid 1 of the sandbox) forks the worker W *before* it reads stdin, so W's memory
@@ -13,9 +19,9 @@ Two processes, so the nonce never shares memory with candidate code:
     open /proc/1/fd/1) and is the only writer of stdout.
   W points fds 0/1/2 at /dev/null, runs the candidate code, and only then asks P for the tests, so
     top-level candidate code cannot read them. Each test runs in a fresh copy of the candidate's
-    globals with a pristine builtins dict, after an AST rewrite that sends every comparison and
-    every truth test through a strict comparator: operands must be builtin types, recursively, so
-    an object whose __eq__/__bool__ always says True fails. Floats compare with a tolerance. The
+    globals with a pristine builtins dict. The host rewrote the tests' AST so that every
+    comparison and every truth test goes through this module's strict comparator: operands must
+    be builtin types, recursively, so an object whose __eq__/__bool__ always says True fails. Floats compare with a tolerance. The
     functions named in "guard" (the entry point) are wrapped so that what they return must be
     builtin types too: a custom object never reaches test code (e.g. `abs(obj - y) < 1e-6` with
     an __abs__ returning 0).
@@ -30,15 +36,13 @@ a reward hack, not an escape: the sandbox around it still holds.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import collections
-import json
+import marshal
 import math
 import operator
 import os
 import select
-import struct
 import sys
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
@@ -46,7 +50,7 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 _NUMBERS = (bool, int, float)
 _MAX_PLAIN_NODES = 1_000_000  # bound the cost of checking one compared value
 _REL_TOL, _ABS_TOL = 1e-9, 1e-12  # float tolerance of strict ==
-_MAX_MSG = 1 << 20  # largest W -> P message (the job may be larger: code + tests)
+_MAX_MSG = 1 << 20  # longest W -> P report line
 
 
 class StrictComparisonError(AssertionError):
@@ -83,7 +87,7 @@ def plain(value: object) -> object:
             return t(rebuild(x, depth + 1) for x in v)
         if t is dict or t in _DICT_LIKE:
             return {rebuild(k, depth + 1): rebuild(x, depth + 1)
-                    for k, x in zip(dict.keys(v), dict.values(v))}
+                    for k, x in zip(dict.keys(v), dict.values(v))}  # noqa: B905 (3.8)
         raise StrictComparisonError(f"non-builtin value of type {t.__qualname__!s:.80}")
 
     return rebuild(value, 0)
@@ -114,7 +118,7 @@ def _strict_eq(a: object, b: object) -> bool:
             return a == b
         return False
     if ta in (list, tuple):
-        return len(a) == len(b) and all(_strict_eq(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_strict_eq(x, y) for x, y in zip(a, b))  # noqa: B905
     if ta is dict:
         return a.keys() == b.keys() and all(_strict_eq(a[k], b[k]) for k in a)
     return a == b  # str, bytes, None, complex, sets: builtin __eq__ over plain members
@@ -126,7 +130,7 @@ _ORDER_OPS = {"Lt": operator.lt, "LtE": operator.le, "Gt": operator.gt, "GtE": o
 
 def _strict_cmp(ops: tuple, *operands: object) -> bool:
     """Evaluate a comparison chain (operands already evaluated) with strict semantics."""
-    for op, left, right in zip(ops, operands, operands[1:]):
+    for op, left, right in zip(ops, operands, operands[1:]):  # noqa: B905
         if op == "Is":
             ok = left is right
         elif op == "IsNot":
@@ -148,77 +152,63 @@ def _strict_truth(value: object) -> bool:
     return bool(value if type(value) in _SCALARS else plain(value))
 
 
-class _StrictRewriter(ast.NodeTransformer):
-    """Route comparisons and truth tests in TEST code through _strict_cmp / _strict_truth."""
-
-    def _truth(self, node: ast.expr) -> ast.expr:
-        return ast.Call(ast.Name("__bgpo_truth__", ast.Load()), [node], [])
-
-    def visit_Compare(self, node: ast.Compare) -> ast.expr:
-        self.generic_visit(node)
-        ops = ast.Tuple([ast.Constant(type(op).__name__) for op in node.ops], ast.Load())
-        args = [ops, node.left, *node.comparators]
-        return ast.Call(ast.Name("__bgpo_cmp__", ast.Load()), args, [])
-
-    def visit_Assert(self, node: ast.Assert) -> ast.stmt:
-        self.generic_visit(node)
-        node.test = self._truth(node.test)
-        return node
-
-    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
-        self.generic_visit(node)
-        if isinstance(node.op, ast.Not):
-            node.operand = self._truth(node.operand)
-        return node
-
-    def visit_BoolOp(self, node: ast.BoolOp) -> ast.expr:
-        self.generic_visit(node)
-        node.values = [self._truth(v) for v in node.values]
-        return node
-
-    def _visit_test_holder(self, node):  # If, While, IfExp: their `test` is a truth test
-        self.generic_visit(node)
-        node.test = self._truth(node.test)
-        return node
-
-    visit_If = visit_While = visit_IfExp = _visit_test_holder
+def compile_test(source: str, filename: str) -> object:
+    """Compile one test. The host already rewrote it (rewards/sandbox/strict_rewrite.py) so that
+    comparisons and truth tests call __bgpo_cmp__ / __bgpo_truth__; doing that on the host spares
+    every sandboxed run the import of `ast`."""
+    return compile(source, filename, "exec")
 
 
-def rewrite_test(source: str, filename: str) -> object:
-    """Compile test source with strict comparisons (public for the host-side unit tests)."""
-    tree = _StrictRewriter().visit(ast.parse(source, filename))
-    return compile(ast.fix_missing_locations(tree), filename, "exec")
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
-def _send(fd: int, obj: dict) -> None:
-    data = json.dumps(obj).encode()
-    os.write(fd, struct.pack("<Q", len(data)) + data)
-
-
-def _recv(fd: int, limit: int) -> dict | None:
-    """One length-prefixed JSON message, or None on EOF / garbage."""
-    head = _read_exact(fd, 8)
-    if head is None:
-        return None
-    (size,) = struct.unpack("<Q", head)
-    if size > limit:
-        return None
-    body = _read_exact(fd, size)
-    try:
-        return json.loads(body) if body is not None else None
-    except ValueError:
-        return None
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks, got = [], 0
-    while got < n:
-        chunk = os.read(fd, min(n - got, 1 << 20))
+def _read_to_eof(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
         if not chunk:
-            return None
+            return b"".join(chunks)
         chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+
+
+def _report(fd: int, kind: str, i: int = -1, ok: bool = False, why: str = "") -> None:
+    """W -> P: one text line. P parses it with str methods only: W is not trusted."""
+    _write_all(fd, f"{kind} {i} {int(ok)} {why.encode('utf-8', 'replace').hex()}\n".encode())
+
+
+class _Reports:
+    """P's reader of W's report lines: bounded, never blocks past W's death."""
+
+    def __init__(self, fd: int, pid: int) -> None:
+        self.fd, self.pid, self.buf, self.exited = fd, pid, b"", False
+
+    def next(self) -> tuple[str, int, bool, str] | None:
+        """The next well-formed line, or None when W is gone or misbehaves."""
+        while b"\n" not in self.buf:
+            if len(self.buf) > _MAX_MSG:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                chunk = os.read(self.fd, 1 << 16)
+                if not chunk:
+                    return None
+                self.buf += chunk
+            elif self.exited:
+                return None  # W is dead and a descendant holds the pipe without writing
+            elif os.waitpid(self.pid, os.WNOHANG)[0]:
+                self.exited = True  # one more round drains what W wrote before dying
+        line, self.buf = self.buf.split(b"\n", 1)
+        parts = line.decode("ascii", "replace").split(" ")
+        if len(parts) != 4 or not parts[1].lstrip("-").isdigit() or parts[2] not in "01":
+            return None
+        try:
+            why = bytes.fromhex(parts[3]).decode("utf-8", "replace")
+        except ValueError:
+            return None
+        return parts[0], int(parts[1]), parts[2] == "1", why
 
 
 _BUILTIN_EXCEPTIONS = frozenset(v for v in vars(builtins).values()
@@ -241,36 +231,57 @@ def _describe(exc: BaseException) -> str:
 
 def _worker(job_r: int, res_w: int) -> None:
     """W: run candidate code, then the tests; report over res_w. Never returns."""
-    send, exit_now = _send, os._exit  # bound before candidate code can patch the modules
+    report, exit_now = _report, os._exit  # bound before candidate code can patch the modules
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     clean_builtins = dict(vars(builtins))
-    code_msg = _recv(job_r, 1 << 62)
-    if code_msg is None:
-        exit_now(3)
+    code = _read_message(job_r)
     env = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
-        exec(compile(code_msg["code"], "<candidate>", "exec"), env)
-        send(res_w, {"kind": "loaded", "ok": True})
+        exec(compile(code, "<candidate>", "exec"), env)
+        report(res_w, "loaded", ok=True)
     except BaseException as e:  # the candidate's failure is a test failure, not a harness error
-        send(res_w, {"kind": "loaded", "ok": False, "err": "candidate code: " + _describe(e)})
-    tests_msg = _recv(job_r, 1 << 62)
-    if tests_msg is None:
+        report(res_w, "loaded", why="candidate code: " + _describe(e))
+    tests_msg = _read_message(job_r)
+    if not isinstance(tests_msg, dict):
         exit_now(3)
-    guarded = {name: guard(env[name]) for name in tests_msg.get("guard", [])
-               if callable(env.get(name))}
+    guarded = {name: guard(env[name]) for name in tests_msg["guard"] if callable(env.get(name))}
     for i, src in enumerate(tests_msg["tests"]):
         scope = dict(env)
         scope.update(guarded, __builtins__=dict(clean_builtins), __name__="__test__",
                      __bgpo_cmp__=_strict_cmp, __bgpo_truth__=_strict_truth)
         try:
-            exec(rewrite_test(src, f"<test {i}>"), scope)
-            send(res_w, {"kind": "result", "i": i, "ok": True})
+            exec(compile_test(src, f"<test {i}>"), scope)
+            report(res_w, "result", i, True)
         except BaseException as e:
-            send(res_w, {"kind": "result", "i": i, "ok": False, "err": _describe(e)})
-    send(res_w, {"kind": "done"})
+            report(res_w, "result", i, False, _describe(e))
+    report(res_w, "done")
     exit_now(0)
+
+
+def _read_message(fd: int) -> object:
+    """P -> W: one length-prefixed marshalled object."""
+    head = os.read(fd, 8)
+    while len(head) < 8:
+        more = os.read(fd, 8 - len(head))
+        if not more:
+            os._exit(3)
+        head += more
+    size = int.from_bytes(head, "little")
+    chunks, got = [], 0
+    while got < size:
+        chunk = os.read(fd, min(size - got, 1 << 20))
+        if not chunk:
+            os._exit(3)
+        chunks.append(chunk)
+        got += len(chunk)
+    return marshal.loads(b"".join(chunks))  # written by P, which is trusted
+
+
+def _send_message(fd: int, obj: object) -> None:
+    data = marshal.dumps(obj, 4)
+    _write_all(fd, len(data).to_bytes(8, "little") + data)
 
 
 def _make_undumpable() -> None:
@@ -283,28 +294,6 @@ def _make_undumpable() -> None:
         print(f"harness: could not set non-dumpable: {e}", file=sys.stderr)
 
 
-def _collect(res_r: int, pid: int) -> tuple[dict, str]:
-    """Read W's reports until `done`, or W's death (even if a grandchild holds the pipe)."""
-    results: dict = {}
-    exited = False
-    while True:
-        ready, _, _ = select.select([res_r], [], [], 0.05)
-        if ready:
-            msg = _recv(res_r, _MAX_MSG)
-            if msg is None:
-                return results, "worker stopped reporting"
-            if msg.get("kind") == "done":
-                return results, ""
-            if msg.get("kind") == "result" and isinstance(msg.get("i"), int):
-                results.setdefault(msg["i"], (bool(msg.get("ok")), str(msg.get("err", ""))))
-            continue
-        if exited:
-            return results, "worker exited before reporting all tests"
-        wpid, status = os.waitpid(pid, os.WNOHANG)
-        if wpid:
-            exited = True  # one more select round drains what it wrote before dying
-
-
 def main() -> None:
     job_r, job_w = os.pipe()
     res_r, res_w = os.pipe()
@@ -315,7 +304,7 @@ def main() -> None:
         _worker(job_r, res_w)
     os.close(job_r)
     os.close(res_w)
-    job = json.loads(sys.stdin.buffer.read())
+    job = marshal.loads(_read_to_eof(0))  # from the host verifier, which is trusted
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     _make_undumpable()
@@ -323,29 +312,34 @@ def main() -> None:
     out = sys.stdout
     out.write(f"{nonce} ready\n")
     out.flush()
-    _send(job_w, {"code": job["code"]})
-    loaded = _recv(res_r, _MAX_MSG)
-    load_err = ""
-    if loaded is None or loaded.get("kind") != "loaded":
-        load_err = "worker died while loading the candidate"
-    elif not loaded.get("ok"):
-        load_err = str(loaded.get("err", "candidate failed to load"))
+    reports = _Reports(res_r, pid)
     results: dict = {}
-    if not load_err:
-        try:
-            _send(job_w, {"tests": tests, "guard": list(job.get("guard", []))})
-        except OSError:
-            load_err = "worker died before the tests"
-    if not load_err:
-        results, why = _collect(res_r, pid)
-    else:
-        why = load_err
+    why = ""
+    try:
+        _send_message(job_w, job["code"])
+        loaded = reports.next()
+        if loaded is None or loaded[0] != "loaded":
+            why = "worker died while loading the candidate"
+        elif not loaded[2]:
+            why = loaded[3] or "candidate failed to load"
+        else:
+            _send_message(job_w, {"tests": tests, "guard": list(job.get("guard", []))})
+    except OSError:  # W closed its end: it died
+        why = "worker died before the tests"
+    while not why:
+        msg = reports.next()
+        if msg is None:
+            why = "worker stopped reporting before the end"
+        elif msg[0] == "done":
+            break
+        elif msg[0] == "result" and 0 <= msg[1] < len(tests):
+            results.setdefault(msg[1], (msg[2], msg[3]))
     for i in range(len(tests)):
         ok, err = results.get(i, (False, why or "not reported"))
         if ok:
             out.write(f"{nonce} result {i} pass\n")
         else:
-            out.write(f"{nonce} result {i} fail {json.dumps(err[:300])}\n")
+            out.write(f"{nonce} result {i} fail {err[:300].encode('utf-8', 'replace').hex()}\n")
     if len(results) == len(tests) and not why:
         out.write(f"{nonce} done {len(tests)}\n")
     out.flush()

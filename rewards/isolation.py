@@ -243,6 +243,15 @@ class IsolationPool:
             self._count("errors")
             self._replace_dead_slot()
             return CallResult("error", detail=str(exc))
+        if not child.alive():
+            # Died while idle (killed from outside, OOM killer): not this item's fault, so
+            # replace it and take the next child instead of failing the call.
+            self._replace(child)
+            try:
+                child = self._acquire(queue_wait_s)
+            except (queue.Empty, RuntimeError) as exc:
+                self._count("errors")
+                return CallResult("error", detail=f"no live isolation child: {exc}")
         start = time.monotonic()
         try:
             child.conn.send((spec, args))
@@ -292,9 +301,7 @@ class IsolationPool:
 _POOL: IsolationPool | None = None
 _POOL_PID = -1
 _POOL_LOCK = threading.Lock()
-
-
-DEFAULT_POOL_SIZE = 2
+DEFAULT_POOL_SIZE = 2  # one child per core on the 2-core machines this was sized on
 
 
 def get_pool(min_size: int | None = None) -> IsolationPool:

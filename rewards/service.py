@@ -148,6 +148,15 @@ class _Guard:
         await send({"type": "http.response.body", "body": body})
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a row's text may hold lone surrogates, which the default
+    UTF-8 rendering cannot encode (a 500); `\\udXXX` escapes are valid JSON."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
 def _field_name(error: dict) -> str:
     """Dotted field path of a validation error ("requests.0.task"); "body" for unparsable JSON."""
     if error.get("type") == "json_invalid":
@@ -188,13 +197,13 @@ def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
         return workers[name]
 
     worker_for(preset)
-    app = FastAPI(title="bgpo rewards", version="1")
+    app = FastAPI(title="bgpo rewards", version="1", default_response_class=_AsciiJSONResponse)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field_name(e), "msg": e["msg"]} for e in exc.errors()[:20]]
         message = "; ".join(f"{e['field']}: {e['msg']}" for e in errors[:5])
-        return JSONResponse(status_code=422, content={"detail": message, "errors": errors})
+        return _AsciiJSONResponse(status_code=422, content={"detail": message, "errors": errors})
 
     @app.post("/v1/score", response_model=ScoreResponse)
     def score_batch(body: ScoreRequest) -> ScoreResponse:

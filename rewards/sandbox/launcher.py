@@ -132,6 +132,15 @@ def sandbox_argv(config: SandboxConfig, *, uid: int, cpu_seconds: float, nproc: 
 
 
 def unsandboxed_argv(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> list[str]:
-    """rlimits + isolated-mode Python only: used solely with allow_unsandboxed=True."""
+    """rlimits + isolated-mode Python only: used solely with allow_unsandboxed=True.
+
+    The interpreter must be runnable by the pool uid, so the system one comes before ours.
+    """
+    try:
+        python = pick_interpreter(config)[0]
+    except ValueError:
+        python = ""
+    if not os.access(python, os.X_OK):
+        python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     return prlimit_args(config, cpu_seconds=cpu_seconds, nproc=nproc) + [
-        sys.executable, "-I", staged_harness()]
+        python, "-I", staged_harness()]

@@ -19,8 +19,8 @@ Fail closed: without a sandbox and without the opt-in, the status is `sandbox_un
 
 from __future__ import annotations
 
-import json
 import logging
+import marshal
 import os
 import secrets
 import shutil
@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass, field
 
 from rewards.sandbox.launcher import SandboxConfig, sandbox_argv, unsandboxed_argv
+from rewards.sandbox.strict_rewrite import strict_test_source
 from rewards.sandbox.supervisor import ProcessOutcome, run_process
 from rewards.sandbox.uid_pool import UidPool, pids_of_uid, sweep_uid
 
@@ -77,7 +78,8 @@ class CodeSandbox:
         if missing:
             return False, f"missing executables: {', '.join(missing)}"
         try:
-            res = self._run_sandboxed({"code": "x = 41 + 1\n", "tests": ["assert x == 42"]}, 10.0)
+            job = {"code": "x = 41 + 1\n", "tests": [strict_test_source("assert x == 42")]}
+            res = self._run_sandboxed(job, 10.0)
         except Exception as e:  # a probe failure is a reason, not a crash
             return False, f"probe failed to start: {type(e).__name__}: {e}"
         if res.status != "ok":
@@ -93,7 +95,8 @@ class CodeSandbox:
         be builtin types (see rewards/code_harness.py).
         """
         ok, reason = self.availability()
-        job = {"code": code, "tests": list(tests), "guard": list(guard)}
+        job = {"code": code, "tests": [strict_test_source(t) for t in tests],
+               "guard": list(guard)}
         try:
             if ok:
                 return self._run_sandboxed(job, deadline_s)
@@ -144,7 +147,7 @@ class CodeSandbox:
     def _execute(self, argv: list[str], job: dict, deadline_s: float, *,
                  user: int | None, extra: dict) -> CodeRunResult:
         nonce = secrets.token_hex(16)  # 128 bits: never guessable, fresh for every run
-        data = json.dumps(dict(job, nonce=nonce)).encode()
+        data = marshal.dumps(dict(job, nonce=nonce), 4)  # format 4: readable by Python >= 3.4
         outcome = run_process(argv, data, deadline_s=deadline_s, user=user,
                               stdout_cap=self.config.stdout_cap, stderr_cap=self.config.stderr_cap)
         result = judge(outcome, nonce, len(job["tests"]))
@@ -186,11 +189,11 @@ def judge(outcome: ProcessOutcome, nonce: str, n_tests: int) -> CodeRunResult:
 
 
 def _decode_reason(text: str) -> str:
+    """Reasons travel hex-encoded so they cannot break the line format."""
     try:
-        value = json.loads(text)
+        return bytes.fromhex(text).decode("utf-8", "replace")[:300]
     except ValueError:
         return text[:300]
-    return str(value)[:300]
 
 
 _default: CodeSandbox | None = None

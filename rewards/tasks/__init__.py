@@ -27,7 +27,7 @@ TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 # Other spellings found in datasets' `data_source` fields.
 ALIASES: dict[str, str] = {
     "math500": "math", "math-500": "math", "math_train": "math", "hendrycks_math": "math",
-    "openai/gsm8k": "gsm8k", "humanevalplus": "humaneval", "humaneval+": "humaneval",
+    "openai/gsm8k": "gsm8k",
 }
 
 _INSTANCES: dict[str, Task] = {}

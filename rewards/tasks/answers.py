@@ -38,15 +38,19 @@ def last_boxed(text: str) -> str | None:
 
 
 def last_tag(text: str, tag: str = "answer") -> str | None:
-    """Content of the last complete `<tag>...</tag>` pair, stripped; None if there is none."""
-    close = f"</{tag}>"
-    end = text.rfind(close)
-    while end != -1:
-        start = text.rfind(f"<{tag}>", 0, end)
-        if start != -1:
-            return text[start + len(tag) + 2:end].strip()
-        end = text.rfind(close, 0, end)  # a closing tag with no opener before it
-    return None
+    """Content of the last complete `<tag>...</tag>` pair, stripped; None if there is none.
+
+    The last closing tag and the last opening tag before it: two reverse scans, linear even for
+    a megabyte of closing tags. An opening tag after the last closing one (a truncated answer)
+    is ignored.
+    """
+    end = text.rfind(f"</{tag}>")
+    if end == -1:
+        return None
+    start = text.rfind(f"<{tag}>", 0, end)
+    if start == -1:
+        return None
+    return text[start + len(tag) + 2:end].strip()
 
 
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf)\s*\{([^{}]*)\}")

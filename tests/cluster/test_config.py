@@ -43,3 +43,8 @@ def test_every_preset_validates_and_round_trips(tmp_path):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="presets"):
         load_config("no-such-preset")
+
+
+def test_the_tiny_preset_is_the_embedded_default():
+    # `bgpo train` with no arguments and `--config tiny-sudoku` must be the same run.
+    assert load_config("tiny-sudoku") == load_config(None)

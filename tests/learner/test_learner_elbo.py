@@ -7,7 +7,14 @@ import copy
 import pytest
 import torch
 
-from learner import TrainBatch, build_train_batch, draw_masks, elbo_terms, old_terms, stratified_mask_counts
+from learner import (
+    TrainBatch,
+    build_train_batch,
+    draw_masks,
+    elbo_terms,
+    old_terms,
+    stratified_mask_counts,
+)
 
 
 def test_stratified_counts_match_formula_and_cover_range():

@@ -65,7 +65,7 @@ def test_hostile_expressions_answered_in_milliseconds(expr):
     """d1 evaluates with eval(): `99**98**97` hangs it. Ours refuses or bounds everything."""
     start = time.monotonic()
     result = score("countdown", f"<answer>{expr}</answer>", item([99, 98, 97], 24))
-    assert time.monotonic() - start < 0.05
+    assert time.monotonic() - start < 0.5  # typically < 1 ms; slack for a loaded CI machine
     assert (result.score, result.status) == (0.1, "wrong")
 
 

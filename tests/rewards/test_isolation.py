@@ -34,7 +34,7 @@ def test_overrun_child_is_killed_and_replaced(pool):
     old = child_pid(pool)
     start = time.monotonic()
     result = pool.call("rewards.mathcheck:verify", *STALL, deadline_s=1.0)
-    assert result.status == "timeout" and time.monotonic() - start < 2.0
+    assert result.status == "timeout" and time.monotonic() - start < 3.0
     with pytest.raises(ProcessLookupError):
         os.kill(old, 0)  # SIGKILLed and reaped, not abandoned
     assert child_pid(pool) != old
@@ -52,8 +52,21 @@ def test_child_killed_from_outside_is_replaced(pool):
     pool.call("rewards.mathcheck:verify", "1", "1", deadline_s=30)
     os.kill(child_pid(pool), signal.SIGKILL)
     time.sleep(0.1)
-    first = pool.call("rewards.mathcheck:verify", "1", "1", deadline_s=30)
-    assert first.status == "error" and "died" in first.detail
+    # A child that died while idle is replaced before the call; the caller never sees it.
+    assert pool.call("rewards.mathcheck:verify", "1", "1", deadline_s=30).value is True
+    assert pool.health()["restarts"] >= 1
+
+
+def test_child_dying_mid_call_is_an_error_and_replaced(pool):
+    import threading
+
+    pool.call("rewards.mathcheck:verify", "1", "1", deadline_s=30)
+    pid = child_pid(pool)
+    threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+    start = time.monotonic()
+    result = pool.call("rewards.mathcheck:verify", *STALL, deadline_s=30)
+    assert result.status == "error" and "died" in result.detail
+    assert time.monotonic() - start < 5
     assert pool.call("rewards.mathcheck:verify", "1", "1", deadline_s=30).value is True
 
 

@@ -109,6 +109,19 @@ def test_invalid_json(base_url):
     assert response.status_code == 422 and response.json()["detail"].startswith("body")
 
 
+def test_hostile_bodies_do_not_500(base_url):
+    surrogate = b'{"requests":[{"task":"math","completion":"\\\\boxed{\\ud800}",' \
+                b'"item":{"reward_model":{"ground_truth":"\\ud800"}}}]}'
+    response = httpx.post(f"{base_url}/v1/score", content=surrogate,
+                          headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 200 and response.json()["results"][0]["status"] == "wrong"
+    deep = b'{"requests":[{"task":"gsm8k","completion":"","item":{"x":' + b"[" * 15000 \
+        + b"]" * 15000 + b"}}]}"
+    response = httpx.post(f"{base_url}/v1/score", content=deep,
+                          headers={**AUTH, "content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+
+
 def test_metrics(base_url):
     httpx.post(f"{base_url}/v1/score", json={"requests": [gsm_request()]}, headers=AUTH)
     text = httpx.get(f"{base_url}/metrics", headers=AUTH).text

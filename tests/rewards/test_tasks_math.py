@@ -104,7 +104,7 @@ def test_nested_power_times_out_and_next_item_still_scores():
     result = score("math", "\\boxed{9^{9^{9^{9}}}}", row, options=ScoringOptions(deadline_s=deadline))
     elapsed = time.monotonic() - start
     assert result.status == "timeout" and result.score == 0.0
-    assert elapsed < deadline + 1.0
+    assert elapsed < deadline + 2.0  # kill + reply; slack for a loaded machine
     assert score("math", "\\boxed{\\sqrt{117}}", row).status == "ok"
 
 
@@ -113,7 +113,7 @@ def test_megabyte_completions_are_fast_and_safe():
     for text in ("\\boxed{" * 1_000_000, "x" * 5_000_000 + "\\boxed{18}", "{" * 3_000_000):
         start = time.monotonic()
         result = score("gsm8k", text, row)
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < 3.0
         assert result.status in ("no_answer", "wrong")
     head = score("gsm8k", "\\boxed{18}" + "x" * 5_000_000, row)
     assert head.status == "ok" and head.extra["truncated_to"] == ScoringOptions().max_completion_chars
@@ -136,3 +136,10 @@ def test_unknown_task_or_preset_raises_naming_it():
         score("gsm8k", "x", {}, preset="nosuchpreset")
     with pytest.raises(ValueError, match="compact"):
         score("math", "x", {}, preset="compact")
+
+
+def test_lone_surrogates_are_replaced_so_results_serialise():
+    result = score("math", "\\boxed{\ud800}", math_row("3"))
+    assert result.status == "wrong"
+    json.dumps(result.to_dict()).encode("utf-8")
+    result.extra["answer"].encode("utf-8")

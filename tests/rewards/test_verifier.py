@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import rewards.tasks as registry
-from rewards import ScoringOptions
+from rewards import ScoringOptions, score
 from rewards.tasks import UnknownTaskError, get_task
 from rewards.verifier import VerifierWorker
 
@@ -40,7 +40,7 @@ def test_mixed_batch_in_order_with_a_hostile_item(worker):
     worker.score_batch(requests[2:3])  # warm the isolation children
     start = time.monotonic()
     results = worker.score_batch(requests)
-    assert time.monotonic() - start < 1.5 + 2.0
+    assert time.monotonic() - start < 1.5 + 3.0
     assert [r.status for r in results] == ["ok", "timeout", "ok", "wrong", "error"]
     counts = worker.counters()
     assert counts["by_task"]["math"]["timeout"] == 1 and counts["by_task"]["math"]["ok"] == 2
@@ -68,3 +68,26 @@ def test_health_and_repr(worker):
     assert health["ok"] is True and health["pool"]["size"] >= 2
     assert "available" in health["sandbox"]
     assert repr(worker) == "VerifierWorker('verifier-7', preset='bgpo', max_concurrency=2)"
+
+
+HOSTILE = [
+    "<answer>" * 500_000,
+    "</answer>" * 500_000,
+    "\x00" * 3_000_000 + "<answer>\x00</answer>",
+    "<answer>" + "(" * 2_000_000 + "</answer>",
+    "\\boxed{" * 400_000 + "}" * 400_000,
+    "\ud800<answer>\udfff</answer>",
+]
+
+
+@pytest.mark.parametrize("preset", ["bgpo", "d1"])
+@pytest.mark.parametrize("task", ["gsm8k", "math", "countdown", "sudoku"])
+def test_hostile_completions_every_task(task, preset):
+    """Megabytes of tags, braces, NULs, surrogates: linear-time extraction, no exception."""
+    row = rows(task)[0]
+    for text in HOSTILE:
+        start = time.monotonic()
+        result = score(task, text, row, preset=preset, options=ScoringOptions(deadline_s=2.0))
+        assert time.monotonic() - start < 2.0, (task, text[:20])  # ~10 ms each when idle
+        assert result.status in ("wrong", "no_answer", "timeout", "error"), result
+        assert 0.0 <= result.score <= (0.5 if preset == "d1" else 0.1)

@@ -1,0 +1,151 @@
+"""Sampler speed: LLaDA's reference loop against the Fast-dLLM switches, side by side in one run.
+
+    python benchmarks/sampler_speed.py --json OUT.json [--device cuda] [--models tiny,100m]
+
+For each model, the same prompts go through every method: the reference (no cache, one token per
+step), prefix cache, dual cache, threshold decoding, and dual cache + threshold (Fast-dLLM's
+combination). Reported per method: forwards (NFE), response tokens per forward, wall seconds
+(best of --repeats), response tokens per second, the speedup over the reference measured in this
+run, and agreement: the fraction of response tokens identical to the reference at temperature 0.
+
+Models: `tiny` is the built-in tiny model (about 0.7M parameters); `100m` is a bidirectional Llama
+of about 113M parameters (hidden 768, 12 layers, intermediate 3072) with the tiny model's
+character vocabulary; both randomly initialised unless --checkpoint gives a trained policy (then
+only that one runs). Random weights are fine for the cost of a forward, but not for what depends on
+the model's confidence: threshold decoding's NFE and the caches' agreement must be read on a
+trained model. A 101-token vocabulary also hides the float64 softmax/noise cost that LLaDA's
+126k vocabulary adds per position (this sampler computes it for the current block only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from dllm import build_tiny_policy, load_policy  # noqa: E402
+from rollout import generate_with_stats  # noqa: E402
+
+METHODS = {  # name -> sampler switches (everything else as the reference)
+    "reference": {},
+    "prefix cache": {"cache": "prefix"},
+    "dual cache": {"cache": "dual"},
+    "threshold": {"threshold": None},  # filled from --threshold
+    "dual + threshold": {"cache": "dual", "threshold": None},
+}
+MODELS = {  # name -> (model kwargs, batch, prompt length, gen length, block, steps, repeats)
+    "tiny": (dict(hidden_size=128, num_layers=4, num_heads=4), 2, 64, 256, 32, 256, 3),
+    "100m": (
+        dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+        1, 64, 128, 32, 128, 1,
+    ),
+}  # fmt: skip
+
+
+def build(name: str, checkpoint: str | None, device: torch.device):
+    if checkpoint:
+        return load_policy(checkpoint, device=device, dtype="auto")
+    return build_tiny_policy(**MODELS[name][0], max_positions=1024, seed=0).to(device)
+
+
+def run_method(policy, prompts, opts, switches, repeats):
+    """Best-of-repeats timing; tokens come from the last run (temperature 0: all runs agree)."""
+    best, tokens, stats = float("inf"), None, None
+    for _ in range(repeats):
+        if prompts.device.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        tokens, stats = generate_with_stats(policy, prompts, **opts, **switches)
+        if prompts.device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - began)
+    return tokens, stats, best
+
+
+def bench_model(name, args, device) -> list[dict]:
+    _, batch, plen, gen_length, block, steps, repeats = MODELS[name]
+    gen_length, block = args.gen_length or gen_length, args.block_length or block
+    steps = args.steps or steps
+    repeats = args.repeats or repeats
+    policy = build(name, args.checkpoint, device)
+    params = sum(p.numel() for p in policy.parameters())
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(5, 100, (batch, plen), generator=g).to(device)
+    opts = dict(gen_length=gen_length, steps=steps, block_length=block, mask_id=policy.mask_id,
+                eos_id=policy.eos_id)  # fmt: skip
+    # Warm-up (allocator, kernels, lazy init) on a short run of every code path.
+    for switches in ({}, {"cache": "prefix"}, {"cache": "dual"}):
+        generate_with_stats(policy, prompts, gen_length=block, steps=2, block_length=block,
+                            mask_id=policy.mask_id, **switches)  # fmt: skip
+    rows, ref_tokens, ref_speed = [], None, None
+    for method, switches in METHODS.items():
+        switches = {k: (args.threshold if k == "threshold" else v) for k, v in switches.items()}
+        tokens, stats, seconds = run_method(policy, prompts, opts, switches, repeats)
+        speed = batch * gen_length / seconds
+        if ref_tokens is None:
+            ref_tokens, ref_speed = tokens, speed
+        agree = (tokens[:, plen:] == ref_tokens[:, plen:]).double().mean().item()
+        rows.append(dict(model=name, params_m=round(params / 1e6, 2), method=method, batch=batch,
+                         prompt_length=plen, gen_length=gen_length, block_length=block,
+                         steps=steps, nfe=stats.nfe, tokens_per_forward=stats.tokens_per_forward,
+                         seconds=seconds, tokens_per_second=speed, speedup=speed / ref_speed,
+                         agreement=agree, **switches))  # fmt: skip
+        print(_row_line(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = (
+    f"{'model':<6} {'params':>7} {'method':<17} {'NFE':>5} {'tok/fwd':>7} {'seconds':>8} "
+    f"{'tok/s':>8} {'speedup':>7} {'agree':>6}"
+)
+
+
+def _row_line(r: dict) -> str:
+    return (
+        f"{r['model']:<6} {r['params_m']:>6.1f}M {r['method']:<17} {r['nfe']:>5} "
+        f"{r['tokens_per_forward']:>7.2f} {r['seconds']:>8.2f} {r['tokens_per_second']:>8.1f} "
+        f"{r['speedup']:>6.2f}x {r['agreement']:>6.3f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,100m", help="comma-separated: tiny, 100m")
+    parser.add_argument("--checkpoint", default=None, help="a trained policy folder instead")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threshold", type=float, default=0.9, help="Fast-dLLM's default 0.9")
+    parser.add_argument("--gen-length", type=int, default=None)
+    parser.add_argument("--block-length", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="best-of-N timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="write the rows here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda given but CUDA is not available")
+    names = ["tiny"] if args.checkpoint else [m.strip() for m in args.models.split(",")]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; expected {list(MODELS)}")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    print(HEADER)
+    rows = [row for name in names for row in bench_model(name, args, device)]
+    if args.json:
+        meta = dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(),
+                    machine=platform.platform(), threshold=args.threshold)  # fmt: skip
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Sandboxed code runs per second: a trivial program and a real HumanEval solution, 1 and N workers.
+
+Each worker is a thread calling CodeSandbox.run in a loop (the verifier's pattern); the same jobs
+also run through the rlimits-only path (allow_unsandboxed, what `allow_unsandboxed=True` costs)
+so the table shows the sandbox's overhead measured side by side.
+
+    python benchmarks/sandbox_throughput.py --seconds 5 --workers 1 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rewards.sandbox import CodeSandbox, SandboxConfig  # noqa: E402
+from rewards.tasks.humaneval import HumanEvalTask, build_program, prompt_code  # noqa: E402
+
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "rewards" / "code_rows.json"
+
+
+def jobs() -> dict[str, tuple[str, list[str], tuple[str, ...]]]:
+    """name -> (program, tests, guard), built exactly as the HumanEval task builds them."""
+    rec = json.loads(FIXTURE.read_text())["humaneval"][0]
+    prompt, entry = prompt_code(rec["row"]), rec["entry_point"]
+    program = build_program(rec["solution_body"], prompt, entry)
+    check = rec["row"]["reward_model"]["ground_truth"]
+    return {
+        "trivial": ("def f(x):\n    return x + 1\n", ["assert f(1) == 2"], ("f",)),
+        "humaneval/0": (program, [f"{check}\ncheck({entry})\n"], (entry,)),
+    }
+
+
+def measure(box: CodeSandbox, job: tuple, workers: int, seconds: float,
+            unsandboxed: bool) -> dict:
+    program, tests, guard = job
+    counts, bad, stop = [0] * workers, [], time.monotonic() + seconds
+
+    def loop(i: int) -> None:
+        while time.monotonic() < stop:
+            r = box.run(program, tests, deadline_s=10, allow_unsandboxed=unsandboxed, guard=guard)
+            if r.status != "ok":
+                bad.append(r.detail)
+            counts[i] += 1
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    return {"runs": sum(counts), "seconds": round(elapsed, 3),
+            "runs_per_s": round(sum(counts) / elapsed, 1), "not_ok": len(bad)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="measuring time per cell")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--no-baseline", action="store_true", help="skip the rlimits-only rows")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+
+    sandboxed = CodeSandbox()
+    ok, reason = sandboxed.availability()
+    if not ok:
+        sys.exit(f"sandbox unavailable: {reason}")
+    # A sandbox whose probe fails (bad interpreter path) runs the rlimits-only path when allowed.
+    baseline = CodeSandbox(SandboxConfig(python="/nonexistent/bin/python3"))
+    baseline.available()
+    modes = [("bwrap+prlimit+uid", sandboxed, False)]
+    if not args.no_baseline:
+        modes.append(("prlimit only", baseline, True))
+    rows = []
+    for job_name, job in jobs().items():
+        for mode, box, unsandboxed in modes:
+            box.run(job[0], job[1], deadline_s=10, allow_unsandboxed=unsandboxed)  # warm up
+            for w in args.workers:
+                res = measure(box, job, w, args.seconds, unsandboxed)
+                rows.append({"job": job_name, "mode": mode, "workers": w, **res})
+                print(f"{job_name:12s} {mode:18s} workers={w}  {res['runs_per_s']:7.1f} runs/s"
+                      f"  ({res['runs']} runs, {res['not_ok']} not ok)", flush=True)
+    print("\n| job | mode | workers | runs/s | runs | not ok |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['job']} | {r['mode']} | {r['workers']} | {r['runs_per_s']} | {r['runs']} "
+              f"| {r['not_ok']} |")
+    meta = {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "root": os.geteuid() == 0, "sandbox": reason, "seconds_per_cell": args.seconds,
+            "check": HumanEvalTask.name}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

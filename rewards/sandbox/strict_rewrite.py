@@ -1,0 +1,59 @@
+"""Rewrite TEST code so its comparisons and truth tests use the harness's strict comparator.
+
+`assert candidate(x) == y` becomes `assert __bgpo_truth__(__bgpo_cmp__(('Eq',), candidate(x), y))`;
+inside the sandbox those names are bound to rewards/code_harness.py's _strict_cmp/_strict_truth,
+which accept only builtin values (so an object whose __eq__ always returns True fails).
+Runs on the host, on trusted test code only (dataset tests), never on candidate code.
+
+Does not change: identity tests (`is`), arithmetic, calls. A comparison chain's operands are
+all evaluated before comparing (Python stops at the first false link); tests do not rely on it.
+"""
+
+from __future__ import annotations
+
+import ast
+
+
+class _StrictRewriter(ast.NodeTransformer):
+    """Route comparisons and truth tests through __bgpo_cmp__ / __bgpo_truth__."""
+
+    def _truth(self, node: ast.expr) -> ast.expr:
+        return ast.Call(ast.Name("__bgpo_truth__", ast.Load()), [node], [])
+
+    def visit_Compare(self, node: ast.Compare) -> ast.expr:
+        self.generic_visit(node)
+        ops = ast.Tuple([ast.Constant(type(op).__name__) for op in node.ops], ast.Load())
+        args = [ops, node.left, *node.comparators]
+        return ast.Call(ast.Name("__bgpo_cmp__", ast.Load()), args, [])
+
+    def visit_Assert(self, node: ast.Assert) -> ast.stmt:
+        self.generic_visit(node)
+        node.test = self._truth(node.test)
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not):
+            node.operand = self._truth(node.operand)
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.expr:
+        self.generic_visit(node)
+        node.values = [self._truth(v) for v in node.values]
+        return node
+
+    def _visit_test_holder(self, node):  # If, While, IfExp: their `test` is a truth test
+        self.generic_visit(node)
+        node.test = self._truth(node.test)
+        return node
+
+    visit_If = visit_While = visit_IfExp = _visit_test_holder
+
+
+def strict_test_source(source: str) -> str:
+    """The rewritten test source; unparsable source is returned as is (it fails in the sandbox)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return source
+    return ast.unparse(ast.fix_missing_locations(_StrictRewriter().visit(tree)))

@@ -1,0 +1,159 @@
+"""Runs that survive: a killed rollout worker or verifier, a hung verifier, scaling mid-run, and a
+driver killed mid-run then resumed. Each checks the run finishes and the sample accounting
+balances (generated = trained + dropped, every drop with a reason)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import ray
+from safetensors.torch import load_file
+
+from cluster.groups import namespace_of
+from cluster.launch import train
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _steps(run_dir):
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if '"train/loss"' in line]
+
+
+def _balanced(record):
+    dropped = sum(v for k, v in record.items() if k.startswith("accounting/dropped/"))
+    return record["accounting/generated"] == record["accounting/trained"] + dropped
+
+
+class Background:
+    """train() in a thread, so the test can act on the run while it goes on."""
+
+    def __init__(self, config):
+        self.config, self.summary, self.error = config, None, None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.summary = train(self.config)
+        except BaseException as err:  # surfaced by join()
+            self.error = err
+
+    def wait_for_step(self, step, timeout_s=180):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len(_steps(self.config.run_dir)) >= step:
+                return
+            if not self.thread.is_alive():
+                raise AssertionError(f"run ended early: {self.error!r}")
+            time.sleep(0.2)
+        raise AssertionError(f"step {step} not reached in {timeout_s}s")
+
+    def join(self, timeout_s=300):
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "run did not finish"
+        if self.error:
+            raise self.error
+        return self.summary
+
+
+def _actor(config, name):
+    return ray.get_actor(name, namespace=namespace_of(config.run_name))
+
+
+def test_killed_rollout_worker_is_replaced(ray_local, tiny_run):
+    config = tiny_run("kill-rollout", "trainer.total_steps=5")
+    run = Background(config)
+    run.wait_for_step(1)
+    ray.kill(_actor(config, "rollout-1"), no_restart=True)
+    summary = run.join()
+    assert summary["steps"] == 5
+    records = _steps(config.run_dir)
+    assert _balanced(records[-1])
+    assert records[-1]["rollout/workers"] == 2  # the replacement took the dead worker's place
+
+
+def test_killed_verifier_is_replaced(ray_local, tiny_run):
+    config = tiny_run("kill-verifier", "trainer.total_steps=5")
+    run = Background(config)
+    run.wait_for_step(1)
+    ray.kill(_actor(config, "verifier-0"), no_restart=True)
+    summary = run.join()
+    assert summary["steps"] == 5
+    assert _balanced(_steps(config.run_dir)[-1])
+
+
+def test_hung_verifier_is_replaced_at_its_deadline(ray_local, tiny_run):
+    config = tiny_run("hang-verifier", "trainer.total_steps=4", "trainer.rollout_timeout_s=15")
+    run = Background(config)
+    run.wait_for_step(1)
+    verifier = _actor(config, "verifier-0")
+    for _ in range(2):  # both of its threads wedged: every scoring call now waits
+        verifier.stall.remote(3600)
+    summary = run.join()
+    assert summary["steps"] == 4
+    assert _balanced(_steps(config.run_dir)[-1])
+
+
+def test_scaling_mid_run(ray_local, tiny_run):
+    config = tiny_run("scale", "trainer.total_steps=7", "rollout.num_cpus=0.25")
+    run = Background(config)
+    controller = _actor(config, "controller")
+    run.wait_for_step(1)
+    ray.get(controller.scale.remote(4))
+    run.wait_for_step(4)
+    ray.get(controller.scale.remote(1))
+    run.join()
+    workers = [r["rollout/workers"] for r in _steps(config.run_dir)]
+    assert 4 in workers, workers
+    assert workers[-1] == 1, workers
+    assert _balanced(_steps(config.run_dir)[-1])
+
+
+def test_driver_killed_mid_run_then_resumed_matches_an_uninterrupted_run(ray_local, tiny_run, tmp_path):
+    common = ("trainer.total_steps=4", "checkpoint.every=1", "checkpoint.keep_last=5")
+    reference = tiny_run("uninterrupted", *common)
+    train(reference)
+
+    killed = tiny_run("killed", *common)
+    overrides = [f"{k}={v}" for k, v in _flatten(killed.model_dump(mode="json")).items()]
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.launch", *overrides], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    latest = killed.run_dir / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (latest.exists() and latest.read_text().strip() >= "global_step_2"):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait(30)
+    subprocess.run(["pkill", "-9", "-f", f"run_name={killed.run_name}"], check=False)
+    resumed_at = int(latest.read_text().strip().rsplit("_", 1)[1])
+    assert 2 <= resumed_at < 4
+
+    summary = train(killed, resume="auto")
+    assert summary["start_step"] == resumed_at and summary["steps"] == 4
+    a = load_file(str(reference.run_dir / "checkpoints" / "global_step_4" / "policy" / "model.safetensors"))
+    b = load_file(str(killed.run_dir / "checkpoints" / "global_step_4" / "policy" / "model.safetensors"))
+    for name, value in a.items():
+        assert (value - b[name]).abs().max().item() < 1e-6, name
+    state = json.loads((killed.run_dir / "checkpoints" / "global_step_4" / "trainer_state.json").read_text())
+    ref_state = json.loads((reference.run_dir / "checkpoints" / "global_step_4" / "trainer_state.json").read_text())
+    assert state["cursor"] == ref_state["cursor"]
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, type(None))) else value
+    return out
