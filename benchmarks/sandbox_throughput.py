@@ -2,7 +2,8 @@
 
 Each worker is a thread calling CodeSandbox.run in a loop (the verifier's pattern); the same jobs
 also run through the rlimits-only path (allow_unsandboxed, what `allow_unsandboxed=True` costs)
-so the table shows the sandbox's overhead measured side by side.
+so the table shows the sandbox's overhead measured side by side, and a floor row (the same
+sandbox running `python -c pass`, no harness) shows what the harness itself costs.
 
     python benchmarks/sandbox_throughput.py --seconds 5 --workers 1 2 --json out.json
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards.sandbox import CodeSandbox, SandboxConfig  # noqa: E402
+from rewards.sandbox.launcher import sandbox_argv  # noqa: E402
+from rewards.sandbox.supervisor import run_process  # noqa: E402
 from rewards.tasks.humaneval import HumanEvalTask, build_program, prompt_code  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "rewards" / "code_rows.json"
@@ -61,6 +64,32 @@ def measure(box: CodeSandbox, job: tuple, workers: int, seconds: float,
             "runs_per_s": round(sum(counts) / elapsed, 1), "not_ok": len(bad)}
 
 
+def measure_floor(box: CodeSandbox, workers: int, seconds: float) -> dict:
+    """Same prlimit+bwrap+fresh uid, running `python -I -S -c pass`: the cost without a harness."""
+    counts, stop = [0] * workers, time.monotonic() + seconds
+
+    def loop(i: int) -> None:
+        while time.monotonic() < stop:
+            lease = box.pool.acquire() if box.pool else None
+            uid = lease.uid if lease else os.getuid()
+            argv = sandbox_argv(box.config, uid=uid, cpu_seconds=10, nproc=box.config.nproc)
+            run_process(argv[:-1] + ["-c", "pass"], b"", deadline_s=10,
+                        user=uid if lease else None)
+            if lease:
+                box.pool.release(lease)
+            counts[i] += 1
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    return {"runs": sum(counts), "seconds": round(elapsed, 3),
+            "runs_per_s": round(sum(counts) / elapsed, 1), "not_ok": 0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="measuring time per cell")
@@ -80,6 +109,11 @@ def main() -> None:
     if not args.no_baseline:
         modes.append(("prlimit only", baseline, True))
     rows = []
+    for w in args.workers:
+        res = measure_floor(sandboxed, w, args.seconds)
+        rows.append({"job": "python -c pass", "mode": "bwrap+prlimit+uid, no harness",
+                     "workers": w, **res})
+        print(f"floor: workers={w}  {res['runs_per_s']:7.1f} runs/s", flush=True)
     for job_name, job in jobs().items():
         for mode, box, unsandboxed in modes:
             box.run(job[0], job[1], deadline_s=10, allow_unsandboxed=unsandboxed)  # warm up
@@ -93,6 +127,7 @@ def main() -> None:
         print(f"| {r['job']} | {r['mode']} | {r['workers']} | {r['runs_per_s']} | {r['runs']} "
               f"| {r['not_ok']} |")
     meta = {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "loadavg_after": os.getloadavg(),
             "root": os.geteuid() == 0, "sandbox": reason, "seconds_per_cell": args.seconds,
             "check": HumanEvalTask.name}
     if args.json:

@@ -84,9 +84,12 @@ class RolloutStream:
         return Inflight(request, worker, ref)
 
     def collect(self, inflight: list[Inflight]) -> list[dict]:
-        """Outputs of every request that finishes (possibly after one re-dispatch)."""
+        """Outputs of every request that finishes (possibly after one re-dispatch), in the order
+        the requests were made, whatever order they finish in: the batch's row order (and so the
+        MC masks each row gets) must not depend on timing."""
+        order = {id(f.request): i for i, f in enumerate(inflight)}
         pending = list(inflight)
-        outputs = []
+        outputs: list[tuple[int, dict]] = []
         while pending:
             deadline = min(f.submitted for f in pending) + self.timeout_s
             ready, _ = ray.wait([f.ref for f in pending], num_returns=1, timeout=max(deadline - time.monotonic(), 0))
@@ -100,14 +103,14 @@ class RolloutStream:
             done = next(f for f in pending if f.ref == ready[0])
             pending.remove(done)
             try:
-                outputs.append(ray.get(done.ref))
+                outputs.append((order[id(done.request)], ray.get(done.ref)))
                 if not done.request.eval:
                     self.accounting["generated"] += done.request.num_samples
             except ray.exceptions.RayActorError:
                 log.warning("rollout actor %s died during step %d; replacing it", done.worker, done.request.step)
                 self.on_dead_worker(done.worker)
                 self._retry_or_drop(done, pending, "worker_died")
-        return outputs
+        return [out for _, out in sorted(outputs, key=lambda pair: pair[0])]
 
     def _retry_or_drop(self, failed: Inflight, pending: list[Inflight], reason: str) -> None:
         if failed.request.attempts < self.max_attempts:

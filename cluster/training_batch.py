@@ -52,6 +52,8 @@ def assemble_batch(outputs: list[dict], stream, world, *, step: int, version: in
         "rollout/version_min": min((r.policy_version for r in rollouts), default=-1),
         "rollout/version_max": max((r.policy_version for r in rollouts), default=-1),
         "rollout/workers": len({r.worker_id for r in rollouts}),
+        # A fingerprint of the sampled tokens: equal across runs that should be identical (resume).
+        "rollout/fingerprint": sum((i + 1) * t for r in rollouts for i, t in enumerate(r.response_ids)) % 2**31,
         "rollout/old_terms_from_rollout": int(bool(masks)),
         "perf/rollout_busy_seconds": sum(out.get("seconds", 0.0) for out in outputs),
         "reward/latency_mean": float(np.mean([r.get("seconds", 0.0) for r in results])) if results else 0.0,

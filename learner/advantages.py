@@ -19,11 +19,15 @@ STD_EPS = 1e-6
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """rewards [N] float, group_ids [N] long -> advantages [N] float64."""
     if rewards.shape != group_ids.shape or rewards.dim() != 1:
-        raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be [N]")
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be [N]"
+        )
     r = rewards.to(torch.float64)
     _, inverse = torch.unique(group_ids, return_inverse=True)
     n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
-    size = torch.zeros(n_groups, dtype=torch.float64, device=r.device).index_add(0, inverse, torch.ones_like(r))
+    size = torch.zeros(n_groups, dtype=torch.float64, device=r.device).index_add(
+        0, inverse, torch.ones_like(r)
+    )
     mean = torch.zeros_like(size).index_add(0, inverse, r) / size
     centred = r - mean[inverse]
     sq = torch.zeros_like(size).index_add(0, inverse, centred * centred)

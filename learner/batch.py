@@ -21,34 +21,50 @@ import torch
 class TrainBatch:
     """N responses (N = rows on this rank); every tensor's first dimension is N."""
 
-    input_ids: torch.Tensor  # [N, T] long; left-padded prompt ++ response, response = last L columns
-    attention_mask: torch.Tensor  # [N, T] long/bool; 1 on real tokens (prompt and response), 0 on padding
+    input_ids: (
+        torch.Tensor
+    )  # [N, T] long; left-padded prompt ++ response, response = last L columns
+    attention_mask: (
+        torch.Tensor
+    )  # [N, T] long/bool; 1 on real tokens (prompt and response), 0 on padding
     response_length: int  # L; the responses are input_ids[:, -L:]
     rewards: torch.Tensor  # [N] float; scalar reward per response (NaN makes the step skip)
     group_ids: torch.Tensor  # [N] long; responses to the same prompt share a group id (GRPO groups)
     policy_versions: torch.Tensor  # [N] long; version of the policy that generated each response
-    global_batch_size: int  # responses in the whole batch across learner ranks (weights |mb| / this)
-    advantages: torch.Tensor | None = None  # [N] float; group-normalised if None (bgpo.md section 3)
+    global_batch_size: (
+        int  # responses in the whole batch across learner ranks (weights |mb| / this)
+    )
+    advantages: torch.Tensor | None = (
+        None  # [N] float; group-normalised if None (bgpo.md section 3)
+    )
     masks: torch.Tensor | None = None  # [N, n_t, L] bool; True = masked; drawn if None (section 2)
     ell_old: torch.Tensor | None = None  # [N, n_t] float; behaviour-policy ELBO terms for `masks`
 
     def __post_init__(self) -> None:
         n, t = self.input_ids.shape
         if self.attention_mask.shape != (n, t):
-            raise ValueError(f"attention_mask {tuple(self.attention_mask.shape)} != input_ids {(n, t)}")
+            raise ValueError(
+                f"attention_mask {tuple(self.attention_mask.shape)} != input_ids {(n, t)}"
+            )
         if not 0 < self.response_length <= t:
             raise ValueError(f"response_length {self.response_length} not in 1..{t}")
         for name in ("rewards", "group_ids", "policy_versions", "advantages"):
             value = getattr(self, name)
             if value is not None and value.shape != (n,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({n},)")
-        if self.masks is not None and (self.masks.dim() != 3 or self.masks.shape[::2] != (n, self.response_length)):
-            raise ValueError(f"masks has shape {tuple(self.masks.shape)}, expected ({n}, n_t, {self.response_length})")
+        if self.masks is not None and (
+            self.masks.dim() != 3 or self.masks.shape[::2] != (n, self.response_length)
+        ):
+            raise ValueError(
+                f"masks has shape {tuple(self.masks.shape)}, expected ({n}, n_t, {self.response_length})"
+            )
         if self.ell_old is not None:
             if self.masks is None:
                 raise ValueError("ell_old given without the masks it was computed with")
             if self.ell_old.shape != self.masks.shape[:2]:
-                raise ValueError(f"ell_old {tuple(self.ell_old.shape)} != masks[:2] {tuple(self.masks.shape[:2])}")
+                raise ValueError(
+                    f"ell_old {tuple(self.ell_old.shape)} != masks[:2] {tuple(self.masks.shape[:2])}"
+                )
         if self.global_batch_size < n:
             raise ValueError(f"global_batch_size {self.global_batch_size} < rows on this rank {n}")
         if not bool(self.attention_mask[:, -self.response_length :].bool().all()):
@@ -89,7 +105,9 @@ def pad_sequences(
     Every response must have the same length L (the sampler produces fixed-length responses).
     """
     if len(prompts) != len(responses) or not prompts:
-        raise ValueError(f"need as many prompts as responses, got {len(prompts)} and {len(responses)}")
+        raise ValueError(
+            f"need as many prompts as responses, got {len(prompts)} and {len(responses)}"
+        )
     lengths = {len(r) for r in responses}
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"responses must share one non-zero length, got lengths {sorted(lengths)}")

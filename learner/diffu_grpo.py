@@ -39,13 +39,21 @@ def token_logps(
     n, width = input_ids.shape
     prompt_width = width - response_length
     prompt = input_ids[:, :prompt_width]
-    prompt = torch.where(prompt_masks.to(prompt.device), torch.full_like(prompt, policy.mask_id), prompt)
-    masked_response = torch.full((n, response_length), policy.mask_id, dtype=input_ids.dtype, device=input_ids.device)
-    logits = policy(torch.cat([prompt, masked_response], dim=1), attention_mask=attention_mask).logits
+    prompt = torch.where(
+        prompt_masks.to(prompt.device), torch.full_like(prompt, policy.mask_id), prompt
+    )
+    masked_response = torch.full(
+        (n, response_length), policy.mask_id, dtype=input_ids.dtype, device=input_ids.device
+    )
+    logits = policy(
+        torch.cat([prompt, masked_response], dim=1), attention_mask=attention_mask
+    ).logits
     logits = logits[:, prompt_width:]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     targets = input_ids[:, prompt_width:]
-    logp = -torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    logp = -torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), reduction="none"
+    )
     return logp.view(n, response_length)
 
 

@@ -62,7 +62,9 @@ def allreduce_gradients(
     return len(buckets)
 
 
-def allreduce_sum(values: torch.Tensor, process_group: dist.ProcessGroup | None = None) -> torch.Tensor:
+def allreduce_sum(
+    values: torch.Tensor, process_group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
     """SUM of a small tensor (metric sums and counts) over the ranks; returns a new tensor."""
     out = values.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM, group=process_group)

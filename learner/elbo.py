@@ -72,7 +72,9 @@ def elbo_terms(
         masks = masks.unsqueeze(1)
     n, c, length = masks.shape
     if length != response_length or input_ids.shape[0] != n:
-        raise ValueError(f"masks {tuple(masks.shape)} do not fit input_ids {tuple(input_ids.shape)}, L={response_length}")
+        raise ValueError(
+            f"masks {tuple(masks.shape)} do not fit input_ids {tuple(input_ids.shape)}, L={response_length}"
+        )
     counts = masks.sum(dim=-1)  # [N, c] = l_j
     if bool((counts == 0).any()):
         raise ValueError("every mask must cover at least one response token (l_j >= 1)")
@@ -115,7 +117,9 @@ def old_terms(
     n, n_t, _ = masks.shape
     device = batch.input_ids.device
     # ell is computed in at least float32 (see _promoted); keep ell_old in the same precision.
-    out = torch.empty((n, n_t), dtype=torch.promote_types(policy.dtype, torch.float32), device=device)
+    out = torch.empty(
+        (n, n_t), dtype=torch.promote_types(policy.dtype, torch.float32), device=device
+    )
     for start in range(0, n, micro_batch_size):
         rows = slice(start, min(start + micro_batch_size, n))
         for j0 in range(0, n_t, mc_chunk):

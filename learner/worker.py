@@ -54,7 +54,9 @@ class LearnerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 1.0  # max global grad norm; None computes the norm without clipping
     seed: int = 0  # mask RNG seed (rank r uses seed + r)
-    clip_eps: float | None = None  # bgpo PPO-style ratio clip for stale samples; None = off (inert on-policy)
+    clip_eps: float | None = (
+        None  # bgpo PPO-style ratio clip for stale samples; None = off (inert on-policy)
+    )
     dual_clip: float | None = 3.0  # dual clip for A < 0, only used when clip_eps is set
     bucket_bytes: int = 25 * 2**20  # gradient all-reduce bucket size
     diffu_grpo: DiffuGRPOConfig = field(default_factory=DiffuGRPOConfig)
@@ -67,6 +69,14 @@ class LearnerConfig:
         if isinstance(self.diffu_grpo, dict):
             self.diffu_grpo = DiffuGRPOConfig(**self.diffu_grpo)
         self.betas = tuple(self.betas)
+        if self.clip_eps is not None and not 0 < self.clip_eps < 1:
+            raise ValueError(f"clip_eps must be in (0, 1) or None, got {self.clip_eps}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1 or None, got {self.dual_clip}")
+        if self.diffu_grpo.iterations < 1:
+            raise ValueError(
+                f"diffu_grpo.iterations must be >= 1, got {self.diffu_grpo.iterations}"
+            )
 
 
 def _peak_memory_bytes(device: torch.device) -> int:
@@ -78,7 +88,14 @@ def _peak_memory_bytes(device: torch.device) -> int:
 
 
 class LearnerWorker:
-    """Owns the policy's optimizer on one rank and turns a `TrainBatch` into one update."""
+    """Owns the policy's optimizer on one rank and turns a `TrainBatch` into one update.
+
+    policy: the `dllm.Policy` to train (its parameters are updated in place).
+    rank, world_size, process_group: this learner's place in an already initialised
+        torch.distributed group (gloo on CPU, NCCL on GPU); world_size 1 needs none.
+    reference_policy: diffu_grpo's KL reference; default a frozen copy of `policy` as given.
+        It is not part of `state_dict()`: on resume, pass the starting checkpoint again.
+    """
 
     def __init__(
         self,
@@ -95,7 +112,9 @@ class LearnerWorker:
         self.objective = get_objective(config.objective)
         self.rank, self.world_size, self.process_group = rank, world_size, process_group
         if world_size > 1 and not torch.distributed.is_initialized():
-            raise RuntimeError("world_size > 1 needs an initialised torch.distributed process group")
+            raise RuntimeError(
+                "world_size > 1 needs an initialised torch.distributed process group"
+            )
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -104,12 +123,18 @@ class LearnerWorker:
         self.steps = 0  # optimizer steps applied
         self.skipped_steps = 0  # steps skipped for a non-finite gradient norm
         self.reference_policy = reference_policy
-        if config.objective == "diffu_grpo" and config.diffu_grpo.beta > 0 and reference_policy is None:
+        if (
+            config.objective == "diffu_grpo"
+            and config.diffu_grpo.beta > 0
+            and reference_policy is None
+        ):
             # d1's reference is the policy before RL; a frozen copy of the starting weights.
             self.reference_policy = copy.deepcopy(policy).eval().requires_grad_(False)
 
     def __repr__(self) -> str:
-        return f"LearnerWorker(rank={self.rank}/{self.world_size}, objective={self.config.objective})"
+        return (
+            f"LearnerWorker(rank={self.rank}/{self.world_size}, objective={self.config.objective})"
+        )
 
     @property
     def device(self) -> torch.device:
@@ -141,7 +166,8 @@ class LearnerWorker:
             raise ValueError("diffu_grpo takes several steps per batch: call step()")
         batch = self.prepare(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, |z| sum, z count, clipped, masked tokens, rows
+        # Metric sums: loss, sum |z|, count of z, clipped count, masked tokens, rows.
+        sums = torch.zeros(6, dtype=torch.float64)
         for start in range(0, len(batch), self.config.micro_batch_size):
             mb = batch.select(slice(start, start + self.config.micro_batch_size))
             if self.objective.accumulation == "per_sample":
@@ -203,12 +229,19 @@ class LearnerWorker:
         cfg, sums = self.config, torch.zeros(6, dtype=torch.float64)
         n_t = mb.masks.shape[1]
         for cols in self._chunks(n_t):
-            ell = elbo_terms(self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length)
+            ell = elbo_terms(
+                self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length
+            )
             ell_old = mb.ell_old[:, cols].to(ell.dtype)
             if cfg.clip_eps is None:
-                g, clipped = bgpo_bound(ell, ell_old, mb.advantages), torch.zeros_like(ell, dtype=torch.bool)
+                g, clipped = (
+                    bgpo_bound(ell, ell_old, mb.advantages),
+                    torch.zeros_like(ell, dtype=torch.bool),
+                )
             else:
-                g, clipped = clipped_bgpo_bound(ell, ell_old, mb.advantages, cfg.clip_eps, cfg.dual_clip)
+                g, clipped = clipped_bgpo_bound(
+                    ell, ell_old, mb.advantages, cfg.clip_eps, cfg.dual_clip
+                )
             loss = -g.sum() / (mb.global_batch_size * n_t)
             loss.backward()  # frees this chunk's graph before the next chunk is built
             z = (ell - ell_old).detach()
@@ -219,7 +252,9 @@ class LearnerWorker:
     def _elbo_ratio_micro_batch(self, mb: TrainBatch) -> torch.Tensor:
         """All n_t graphs of the micro-batch alive, then one backward: loss = -sum(J_s) / G."""
         ells = [
-            elbo_terms(self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length)
+            elbo_terms(
+                self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length
+            )
             for cols in self._chunks(mb.masks.shape[1])
         ]
         ell = torch.cat(ells, dim=1)
@@ -232,21 +267,36 @@ class LearnerWorker:
         return sums
 
     @staticmethod
-    def _stats(loss: torch.Tensor, z: torch.Tensor, clipped: torch.Tensor, tokens: float) -> torch.Tensor:
+    def _stats(
+        loss: torch.Tensor, z: torch.Tensor, clipped: torch.Tensor, tokens: float
+    ) -> torch.Tensor:
         """The metric sums of one backward: loss, sum |z|, count of z, clipped count, tokens, 0 rows."""
-        values = [float(loss.detach()), float(z.abs().sum()), z.numel(), float(clipped.sum()), tokens, 0.0]
+        values = [
+            float(loss.detach()),
+            float(z.abs().sum()),
+            z.numel(),
+            float(clipped.sum()),
+            tokens,
+            0.0,
+        ]
         return torch.tensor(values, dtype=torch.float64)
 
     def _finish_accumulation(self, batch: TrainBatch, sums: torch.Tensor) -> dict[str, float]:
         """All-reduce gradients and metric sums across ranks; metrics are global."""
         rewards = batch.rewards.double().cpu()
         extra = torch.tensor(
-            [float(rewards.sum()), float(batch.advantages.abs().sum()), batch.response_length * len(batch)],
+            [
+                float(rewards.sum()),
+                float(batch.advantages.abs().sum()),
+                batch.response_length * len(batch),
+            ],
             dtype=torch.float64,
         )
         sums = torch.cat([sums, extra])
         if self.world_size > 1:
-            allreduce_gradients(self.params, self.process_group, bucket_bytes=self.config.bucket_bytes)
+            allreduce_gradients(
+                self.params, self.process_group, bucket_bytes=self.config.bucket_bytes
+            )
             sums = allreduce_sum(sums, self.process_group)
         loss, abs_z, n_z, clipped, masked, rows, reward_sum, abs_adv, tokens = sums.tolist()
         return {
@@ -292,14 +342,24 @@ class LearnerWorker:
             batch.advantages = group_advantages(batch.rewards, batch.group_ids)
         mbs = self.config.micro_batch_size
         prompt_masks = [
-            draw_prompt_masks(batch.attention_mask, batch.response_length, cfg.prompt_mask_prob, self.generator)
+            draw_prompt_masks(
+                batch.attention_mask, batch.response_length, cfg.prompt_mask_prob, self.generator
+            )
             for _ in range(cfg.iterations)
         ]
-        old = [token_logps_no_grad(self.policy, batch, pm, micro_batch_size=mbs) for pm in prompt_masks]
+        old = [
+            token_logps_no_grad(self.policy, batch, pm, micro_batch_size=mbs) for pm in prompt_masks
+        ]
         ref = [None] * cfg.iterations
         if cfg.beta > 0:
-            ref = [token_logps_no_grad(self.reference_policy, batch, pm, micro_batch_size=mbs) for pm in prompt_masks]
-        history = [self._diffu_grpo_iteration(batch, prompt_masks[i], old[i], ref[i]) for i in range(cfg.iterations)]
+            ref = [
+                token_logps_no_grad(self.reference_policy, batch, pm, micro_batch_size=mbs)
+                for pm in prompt_masks
+            ]
+        history = [
+            self._diffu_grpo_iteration(batch, prompt_masks[i], old[i], ref[i])
+            for i in range(cfg.iterations)
+        ]
         metrics = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
         metrics["train/loss_first_iteration"] = history[0]["train/loss"]
         metrics["train/loss_last_iteration"] = history[-1]["train/loss"]
@@ -314,10 +374,16 @@ class LearnerWorker:
         for start in range(0, len(batch), self.config.micro_batch_size):
             rows = slice(start, start + self.config.micro_batch_size)
             logp = token_logps(
-                self.policy, batch.input_ids[rows], batch.attention_mask[rows], prompt_masks[rows], batch.response_length
+                self.policy,
+                batch.input_ids[rows],
+                batch.attention_mask[rows],
+                prompt_masks[rows],
+                batch.response_length,
             )
             ref_rows = None if ref is None else ref[rows]
-            obj, clipped = diffu_grpo_objective(logp, old[rows], ref_rows, batch.advantages[rows], cfg.clip_eps, cfg.beta)
+            obj, clipped = diffu_grpo_objective(
+                logp, old[rows], ref_rows, batch.advantages[rows], cfg.clip_eps, cfg.beta
+            )
             # Mean over the L response tokens (all count), each response weighted 1 / G.
             loss = -obj.mean(dim=-1).sum() / batch.global_batch_size
             loss.backward()

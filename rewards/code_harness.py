@@ -21,7 +21,9 @@ Two processes, so the nonce never shares memory with candidate code:
     top-level candidate code cannot read them. Each test runs in a fresh copy of the candidate's
     globals with a pristine builtins dict. The host rewrote the tests' AST so that every
     comparison and every truth test goes through this module's strict comparator: operands must
-    be builtin types, recursively, so an object whose __eq__/__bool__ always says True fails. Floats compare with a tolerance. The
+    be builtin types, recursively, so an object whose __eq__/__bool__ always says True fails
+    (subclasses of builtin types are read through the base type's C methods and compared as
+    the base: a namedtuple or an IntEnum still passes, its overridden methods never run). Floats compare with a tolerance. The
     functions named in "guard" (the entry point) are wrapped so that what they return must be
     builtin types too: a custom object never reaches test code (e.g. `abs(obj - y) < 1e-6` with
     an __abs__ returning 0).
@@ -37,7 +39,6 @@ a reward hack, not an escape: the sandbox around it still holds.
 from __future__ import annotations
 
 import builtins
-import collections
 import marshal
 import math
 import operator
@@ -57,20 +58,24 @@ class StrictComparisonError(AssertionError):
     """A comparison or truth test in a test saw a value that is not made of builtin types."""
 
 
-_DICT_LIKE = (collections.Counter, collections.OrderedDict, collections.defaultdict)
-# Builtin lazy iterables a correct solution may return (`return map(...)`, a generator): they
-# pass the return guard unchanged; whatever they yield is checked when a test compares it.
+# Subclasses of builtin types (an IntEnum member, a namedtuple, a Counter) are read through the
+# BASE type's own C methods, which a subclass cannot override, and become exact builtin values:
+# Python's == treats them like their base, and no subclass method ever runs.
+_BASE_READERS = (
+    (int, int.__int__), (float, float.__float__), (str, str.__str__),
+    (tuple, lambda v: tuple(tuple.__iter__(v))), (list, lambda v: list(list.__iter__(v))),
+    (frozenset, lambda v: frozenset(frozenset.__iter__(v))), (set, lambda v: set(set.__iter__(v))),
+)
 _LAZY = (type(x for x in ()), map, filter, zip, range, enumerate, reversed, type(iter([])),
          type(iter(())), type(iter("")), type(iter({}.items())), type({}.keys()),
          type({}.values()), type({}.items()))
 
 
 def plain(value: object) -> object:
-    """`value` rebuilt from exact builtin types; dict subclasses of `collections` become dicts.
+    """`value` rebuilt from exact builtin types (subclasses read through their base's methods).
 
     Raises StrictComparisonError for anything else, so no candidate-defined __eq__, __bool__,
-    __abs__ ... ever runs in a test. Dict subclasses are read through dict's own methods, so a
-    patched Counter.__iter__ cannot lie about the contents.
+    __abs__ ... ever runs in a test.
     """
     budget = [_MAX_PLAIN_NODES]
 
@@ -85,9 +90,12 @@ def plain(value: object) -> object:
             return t(rebuild(x, depth + 1) for x in v)
         if t in (set, frozenset):
             return t(rebuild(x, depth + 1) for x in v)
-        if t is dict or t in _DICT_LIKE:
+        if issubclass(t, dict):  # type(v) cannot lie, unlike v.__class__
             return {rebuild(k, depth + 1): rebuild(x, depth + 1)
                     for k, x in zip(dict.keys(v), dict.values(v))}  # noqa: B905 (3.8)
+        for base, read in _BASE_READERS:
+            if issubclass(t, base):
+                return rebuild(read(v), depth + 1)
         raise StrictComparisonError(f"non-builtin value of type {t.__qualname__!s:.80}")
 
     return rebuild(value, 0)

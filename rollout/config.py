@@ -33,7 +33,8 @@ class SamplingConfig:
     """Fast-dLLM parallel decoding: commit every masked token of the block whose confidence exceeds
     this (at least one per step) instead of following the step schedule. None: off."""
     eval_mode: bool = False
-    """Evaluation decoding: a predicted EOS gets confidence 0 so it is committed last (bgpo.md 7.4)."""
+    """Evaluation decoding: a predicted EOS gets confidence 0 so it is committed last (bgpo.md 7.4;
+    low-confidence remasking and threshold decoding only: random remasking has no confidences)."""
 
     def __post_init__(self) -> None:
         validate_sampling(

@@ -15,6 +15,7 @@ This module does not score, batch across workers or talk to the learner.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,8 @@ from dllm.weights import WeightBucket, load_buckets_into
 from rollout.config import SamplingConfig
 from rollout.sampler import generate_with_stats
 from rollout.types import GenerationStats, Rollout
+
+log = logging.getLogger(__name__)
 
 
 def sample_seed(call_seed: int, group_id: Any, sample_index: int) -> int:
@@ -188,6 +191,8 @@ class RolloutWorker:
             **self.sampling.as_kwargs(),
         )
         self.last_stats.append(stats)
+        log.debug("%r: %d rows, nfe %d, %.2f tokens/forward, %.2fs", self, len(chunk), stats.nfe,
+                  stats.tokens_per_forward, stats.seconds)  # fmt: skip
         responses = tokens[:, ids.shape[1] :].cpu().tolist()
         return [
             self._rollout(

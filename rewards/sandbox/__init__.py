@@ -2,12 +2,13 @@
 
 Public API:
     sandbox_available() -> bool
+    sandbox_availability() -> (bool, reason)
     run_tests(code, tests, *, deadline_s, allow_unsandboxed=False, guard=()) -> CodeRunResult
     CodeSandbox(config) for a non-default configuration; SandboxConfig for the limits.
 
 Modules: launcher (prlimit/bwrap argv, interpreter choice), supervisor (deadline, output caps,
 process-group kill), uid_pool (fresh uid per run, after-run sweep), runner (nonce protocol,
-verdicts, modes). The harness that runs inside is rewards/code_harness.py.
+verdicts, modes), strict_rewrite (host-side AST rewrite of test code). The harness that runs inside is rewards/code_harness.py.
 
 What the sandbox protects against (each has a test in tests/rewards/test_hostile_code.py): fork and
 thread bombs, infinite loops, sleeps, memory hogs, writes outside the sandbox, filling /tmp, huge
@@ -26,12 +27,18 @@ from __future__ import annotations
 from rewards.sandbox.launcher import SandboxConfig
 from rewards.sandbox.runner import CodeRunResult, CodeSandbox, default_sandbox
 
-__all__ = ["CodeRunResult", "CodeSandbox", "SandboxConfig", "run_tests", "sandbox_available"]
+__all__ = ["CodeRunResult", "CodeSandbox", "SandboxConfig", "run_tests", "sandbox_availability",
+           "sandbox_available"]
 
 
 def sandbox_available() -> bool:
     """True if sandboxed code runs work on this host (probed once per process)."""
     return default_sandbox().available()
+
+
+def sandbox_availability() -> tuple[bool, str]:
+    """(works, reason): the mode ("root uid pool" / "user") or why the probe failed."""
+    return default_sandbox().availability()
 
 
 def run_tests(code: str, tests: list[str], *, deadline_s: float, allow_unsandboxed: bool = False,

@@ -16,7 +16,8 @@ in a home directory the pool uid cannot even traverse (/root is 0700), and bindi
 the host's site-packages. Where /usr/bin/python3 is missing, the base interpreter of the running
 Python is used and its installation prefix (sys.base_prefix) is bound read-only at the same path.
 `BGPO_SANDBOX_PYTHON` overrides the choice (its prefix is bound the same way if outside /usr).
-The harness needs only the standard library.
+The harness needs only the standard library; `-I -S` keeps the environment, the user's site and
+site-packages out (HumanEval and MBPP need no third-party package).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import atexit
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -68,6 +70,16 @@ def pick_interpreter(config: SandboxConfig) -> tuple[str, list[str]]:
     if prefix in ("/", ""):
         raise ValueError(f"refusing to bind {prefix!r} for interpreter {real}")
     return real, [prefix]
+
+
+def bwrap_version() -> tuple[int, ...]:
+    """bubblewrap's version, (0,) if it cannot be read."""
+    try:
+        out = subprocess.run(["bwrap", "--version"], capture_output=True, text=True, timeout=10,
+                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}).stdout
+        return tuple(int(x) for x in out.split()[-1].split(".")[:3])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return (0,)
 
 
 _stage_lock = threading.Lock()
@@ -120,7 +132,7 @@ def bwrap_args(config: SandboxConfig, *, uid: int, harness: str, python: str,
     args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     args += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", SANDBOX_PATH,
              "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-             python, "-I", HARNESS_INSIDE]
+             python, "-I", "-S", HARNESS_INSIDE]
     return args
 
 
@@ -143,4 +155,4 @@ def unsandboxed_argv(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -
     if not os.access(python, os.X_OK):
         python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     return prlimit_args(config, cpu_seconds=cpu_seconds, nproc=nproc) + [
-        python, "-I", staged_harness()]
+        python, "-I", "-S", staged_harness()]

@@ -25,9 +25,10 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 
-from rewards.sandbox.launcher import SandboxConfig, sandbox_argv, unsandboxed_argv
+from rewards.sandbox.launcher import SandboxConfig, bwrap_version, sandbox_argv, unsandboxed_argv
 from rewards.sandbox.strict_rewrite import strict_test_source
 from rewards.sandbox.supervisor import ProcessOutcome, run_process
 from rewards.sandbox.uid_pool import UidPool, pids_of_uid, sweep_uid
@@ -35,6 +36,7 @@ from rewards.sandbox.uid_pool import UidPool, pids_of_uid, sweep_uid
 log = logging.getLogger(__name__)
 
 _CPU_SLACK_S = 1.0  # RLIMIT_CPU is a backstop behind the wall clock, never the first to fire
+_REPROBE_S = 60.0  # how long a failed availability probe is believed
 
 
 @dataclass
@@ -59,13 +61,19 @@ class CodeSandbox:
         self.pool = UidPool(self.config.uid_base, self.config.uid_count) if self.is_root else None
         self._probe_lock = threading.Lock()
         self._probe: tuple[bool, str] | None = None
+        self._probed_at = 0.0
 
     # ----- availability -------------------------------------------------------------------
     def availability(self) -> tuple[bool, str]:
-        """(works, reason), probed once: a trivial job must pass inside the real sandbox."""
+        """(works, reason): a trivial job must pass inside the real sandbox.
+
+        Success is cached for the process; a failure only for _REPROBE_S, so a probe that timed
+        out on an overloaded host does not zero every code reward of a long run.
+        """
         with self._probe_lock:
-            if self._probe is None:
-                self._probe = self._run_probe()
+            now = time.monotonic()
+            if self._probe is None or (not self._probe[0] and now - self._probed_at > _REPROBE_S):
+                self._probe, self._probed_at = self._run_probe(), now
                 if not self._probe[0]:
                     log.error("code sandbox unavailable: %s", self._probe[1])
             return self._probe
@@ -77,6 +85,9 @@ class CodeSandbox:
         missing = [b for b in ("bwrap", "prlimit") if shutil.which(b) is None]
         if missing:
             return False, f"missing executables: {', '.join(missing)}"
+        version = bwrap_version()
+        if version < (0, 8):  # --disable-userns and --size (capped /tmp) need bubblewrap 0.8
+            return False, f"bubblewrap >= 0.8 needed, found {'.'.join(map(str, version))}"
         try:
             job = {"code": "x = 41 + 1\n", "tests": [strict_test_source("assert x == 42")]}
             res = self._run_sandboxed(job, 10.0)
@@ -95,9 +106,9 @@ class CodeSandbox:
         be builtin types (see rewards/code_harness.py).
         """
         ok, reason = self.availability()
-        job = {"code": code, "tests": [strict_test_source(t) for t in tests],
-               "guard": list(guard)}
         try:
+            job = {"code": code, "tests": [strict_test_source(t) for t in tests],
+                   "guard": list(guard)}
             if ok:
                 return self._run_sandboxed(job, deadline_s)
             if not allow_unsandboxed:

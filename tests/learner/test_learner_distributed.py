@@ -23,7 +23,9 @@ def _policy():
 
 def _rank_main(rank: int, world_size: int, init_file: str, batch: TrainBatch, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         policy = _policy()
         learner = LearnerWorker(policy, LearnerConfig(**CONFIG), rank=rank, world_size=world_size)
@@ -40,10 +42,14 @@ def _rank_main(rank: int, world_size: int, init_file: str, batch: TrainBatch, ou
 def test_two_ranks_match_one_rank(make_batch, tmp_path: Path):
     batch = make_batch(_policy(), n_groups=4, group_size=2)
     assert batch.global_batch_size == 8
-    masks = draw_masks(len(batch), CONFIG["n_t"], batch.response_length, torch.Generator().manual_seed(0))
+    masks = draw_masks(
+        len(batch), CONFIG["n_t"], batch.response_length, torch.Generator().manual_seed(0)
+    )
     batch = replace(batch, masks=masks)
 
-    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), batch, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(
+        _rank_main, args=(2, str(tmp_path / "init"), batch, str(tmp_path)), nprocs=2, join=True
+    )
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     single_policy = _policy()
@@ -54,7 +60,9 @@ def test_two_ranks_match_one_rank(make_batch, tmp_path: Path):
             assert torch.allclose(ranks[r]["grads"][name], p.grad, rtol=0, atol=1e-12), name
     metrics.update(single.apply_update())
     for name, value in single_policy.state_dict().items():
-        assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name]), name  # identical ranks
+        assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name]), (
+            name
+        )  # identical ranks
         assert torch.allclose(ranks[0]["weights"][name], value, rtol=0, atol=1e-10), name
     for key in ("train/grad_norm", "train/loss", "train/masked_tokens", "train/responses"):
         assert abs(ranks[0]["metrics"][key] - metrics[key]) <= 1e-10, key

@@ -59,14 +59,18 @@ def test_chunked_terms_equal_one_sample_per_forward(policy, batch):
     chunk = elbo_terms(policy, batch.input_ids, batch.attention_mask, masks, batch.response_length)
     assert chunk.shape == (len(batch), 5)
     for j in range(5):
-        single = elbo_terms(policy, batch.input_ids, batch.attention_mask, masks[:, j], batch.response_length)
+        single = elbo_terms(
+            policy, batch.input_ids, batch.attention_mask, masks[:, j], batch.response_length
+        )
         assert torch.allclose(chunk[:, j], single, rtol=0, atol=1e-12)
 
 
 def test_padding_invariance(policy, batch):
     """A row's ell terms do not change when it is batched with longer prompts (left padding)."""
     masks = draw_masks(len(batch), 3, batch.response_length, torch.Generator().manual_seed(3))
-    together = elbo_terms(policy, batch.input_ids, batch.attention_mask, masks, batch.response_length)
+    together = elbo_terms(
+        policy, batch.input_ids, batch.attention_mask, masks, batch.response_length
+    )
     assert not bool(batch.attention_mask[0].all())  # row 0 is padded in the batch
     for row in range(len(batch)):
         real = batch.attention_mask[row].bool()
@@ -76,7 +80,9 @@ def test_padding_invariance(policy, batch):
 
 
 def test_padding_is_never_masked_or_counted(policy):
-    batch = build_train_batch([[7], [7, 8, 9, 10]], [[30, 31], [32, 33]], [0.0, 1.0], [0, 0], pad_id=policy.pad_id)
+    batch = build_train_batch(
+        [[7], [7, 8, 9, 10]], [[30, 31], [32, 33]], [0.0, 1.0], [0, 0], pad_id=policy.pad_id
+    )
     masks = torch.ones(2, 1, 2, dtype=torch.bool)
     # Changing what sits under the padding changes nothing.
     other = batch.input_ids.clone()
@@ -102,7 +108,9 @@ def test_old_terms_any_policy_micro_batched(policy, batch):
 
 
 def test_train_batch_left_pads_and_validates(policy):
-    batch = build_train_batch([[5, 6, 7], [8]], [[9, 9], [10, 10]], [0.5, 1.0], [0, 0], pad_id=policy.pad_id)
+    batch = build_train_batch(
+        [[5, 6, 7], [8]], [[9, 9], [10, 10]], [0.5, 1.0], [0, 0], pad_id=policy.pad_id
+    )
     assert batch.input_ids.tolist() == [[5, 6, 7, 9, 9], [policy.pad_id, policy.pad_id, 8, 10, 10]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
     assert batch.response_length == 2 and batch.global_batch_size == 2

@@ -25,7 +25,9 @@ def test_bgpo_bound_branches():
     adv = torch.tensor([2.0, -1.0, 0.0], dtype=torch.float64)
     g = bgpo_bound(ell, old, adv)
     assert g.shape == (3,)
-    assert g.tolist() == pytest.approx([2.0 * 1.5, -1.0 * torch.exp(torch.tensor(-0.5)).item(), 0.0])
+    assert g.tolist() == pytest.approx(
+        [2.0 * 1.5, -1.0 * torch.exp(torch.tensor(-0.5)).item(), 0.0]
+    )
 
 
 def test_no_nan_when_z_below_minus_one():

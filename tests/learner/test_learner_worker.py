@@ -141,8 +141,16 @@ def test_state_dict_round_trip(make_policy, batch):
 
 def test_metrics_are_namespaced(policy, batch):
     metrics = worker(policy).step(batch)
-    for key in ("train/loss", "train/grad_norm", "train/mean_abs_z", "train/skipped", "train/tokens",
-                "train/clip_fraction", "perf/step_seconds", "perf/peak_memory_bytes"):
+    for key in (
+        "train/loss",
+        "train/grad_norm",
+        "train/mean_abs_z",
+        "train/skipped",
+        "train/tokens",
+        "train/clip_fraction",
+        "perf/step_seconds",
+        "perf/peak_memory_bytes",
+    ):
         assert key in metrics, key
     assert all(k.split("/")[0] in ("train", "perf") for k in metrics)
     assert metrics["train/tokens"] == len(batch) * batch.response_length
@@ -156,5 +164,7 @@ def test_diffu_grpo_runs_and_moves_the_loss(make_policy, batch):
     assert w.steps == 3 and metrics["train/skipped"] == 0.0
     assert metrics["train/loss_last_iteration"] < metrics["train/loss_first_iteration"]
     assert metrics["train/mean_abs_log_ratio"] > 0
-    assert all(torch.equal(p, q) for p, q in zip(w.reference_policy.parameters(), reference, strict=True))
+    assert all(
+        torch.equal(p, q) for p, q in zip(w.reference_policy.parameters(), reference, strict=True)
+    )
     assert any(not torch.equal(p, q) for p, q in zip(policy.parameters(), reference, strict=True))

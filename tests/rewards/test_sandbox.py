@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, namedtuple
+from enum import IntEnum
 
 import pytest
 
 from rewards import code_harness as harness
 from rewards.sandbox import CodeSandbox, SandboxConfig
-from rewards.sandbox.launcher import pick_interpreter, sandbox_argv
+from rewards.sandbox.launcher import bwrap_version, pick_interpreter, sandbox_argv
 from rewards.sandbox.runner import judge
 from rewards.sandbox.strict_rewrite import strict_test_source
 from rewards.sandbox.supervisor import ProcessOutcome, run_process
@@ -50,8 +51,13 @@ def test_argv_follows_the_recipe():
         assert flag in argv
     assert "--cap-drop ALL" in joined and "--uid 200001 --gid 200001" in joined
     assert "--ro-bind /usr /usr" in joined and "--remount-ro /" in joined
-    assert argv[-2:] == ["-I", "/sandbox/code_harness.py"]
+    assert argv[-3:] == ["-I", "-S", "/sandbox/code_harness.py"]
     assert "--bind" not in argv  # nothing of the host is writable
+
+
+@needs_bwrap
+def test_bwrap_is_new_enough():
+    assert bwrap_version() >= (0, 8), "--disable-userns and --size need bubblewrap 0.8"
 
 
 def test_interpreter_choice(monkeypatch):
@@ -228,11 +234,22 @@ def test_plain_rejects_custom_objects_and_normalises_collections():
         def __eq__(self, other):
             return True
 
-    for bad in (AlwaysEqual(), [AlwaysEqual()], {"k": Sneaky(3)}, (1, Sneaky(2))):
+    for bad in (AlwaysEqual(), [AlwaysEqual()], {"k": AlwaysEqual()}, (1, object())):
         with pytest.raises(harness.StrictComparisonError):
             harness.plain(bad)
+    sneaky = harness.plain({"k": Sneaky(3)})  # read as the int it holds; its __eq__ is gone
+    assert type(sneaky["k"]) is int and not harness._strict_eq(sneaky, {"k": 5})
     assert harness.plain(Counter("aab")) == {"a": 2, "b": 1}
     assert type(harness.plain(OrderedDict(a=1))) is dict
+    point = namedtuple("Point", "x y")(1, 2)
+    assert type(harness.plain(point)) is tuple and harness.plain(point) == (1, 2)
+
+    class Liar(list):  # subclass methods never run: the base type's C methods read it
+        def __iter__(self):
+            return iter([9, 9])
+
+    assert harness.plain(Liar([1, 2])) == [1, 2]
+    assert type(harness.plain(IntEnum("E", "A B").B)) is int
 
 
 def test_rewritten_tests_use_the_strict_comparator():

@@ -21,6 +21,16 @@ def varied_policy(seed: int = 0):
     return policy
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine, spinning OpenMP threads made these
+    tests 30x slower. Restored after each test, so other packages' tests keep their setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def policy():
     return varied_policy(0)
