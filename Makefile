@@ -13,6 +13,7 @@ train: setup
 	.venv/bin/bgpo train $(ARGS)
 
 test: setup
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q $(ARGS)
 
 lint: setup

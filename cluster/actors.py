@@ -228,9 +228,9 @@ class LearnerActor:
         return True
 
     def warm_start(self, examples: tuple, response_length: int) -> dict:
-        from learner.sft import warm_start
-
         import os
+
+        from learner.sft import warm_start
 
         wc = self.config.warmup
         # Nothing else runs during the warm start: use every core of the node, then give them back.

@@ -81,6 +81,8 @@ class SamplingSection(Section):
         if self.gen_length % self.block_length:
             raise ValueError(f"gen_length {self.gen_length} is not a multiple of block_length {self.block_length}")
         blocks = self.gen_length // self.block_length
+        if self.steps > self.gen_length:
+            raise ValueError(f"steps {self.steps} exceed gen_length {self.gen_length} (at most one token per step)")
         if self.steps % blocks:
             raise ValueError(f"steps {self.steps} is not a multiple of the number of blocks {blocks}")
         return self

@@ -18,8 +18,9 @@ from collections import deque
 from pathlib import Path
 
 import ray
+
 from cluster.config import RunConfig, dump_config
-from cluster.data import DataCursor, PromptSource
+from cluster.data import PromptSource
 from cluster.metrics import DashboardSeries, MetricsLog, console_line
 from cluster.stream import RolloutRequest, RolloutStream
 from cluster.training_batch import assemble_batch, draw_step_masks, shard_batch
@@ -88,15 +89,19 @@ class Controller:
         total = cfg.trainer.total_steps
         inflight: deque = deque()
         next_gen = start_step
+        # The data cursor as it was before each step's prompts were taken: a checkpoint after step
+        # s saves the cursor of step s+1, so prompts in flight are drawn again after a resume.
+        cursor_at: dict[int, dict] = {}
         started = time.time()
         for step in range(start_step, total):
             self._apply_scale_requests(world)
             t0 = time.perf_counter()
             while next_gen < total and next_gen <= step + k:
+                cursor_at[next_gen] = source.state()
                 inflight.append((next_gen, self._dispatch(world, stream, source, next_gen)))
                 next_gen += 1
             self.series.phase("rollout")
-            gen_step, requests = inflight.popleft()
+            _, requests = inflight.popleft()
             outputs = stream.collect(requests)
             t_rollout = time.perf_counter() - t0
             self.series.phase("reward")
@@ -109,7 +114,12 @@ class Controller:
                 batch.masks = draw_step_masks(len(batch), cfg.learner.n_t, batch.response_length, cfg.seed, step)
             self.series.phase("train")
             shards = shard_batch(batch, len(world.learners))
-            train = ray.get([a.train_step.remote(s) for a, s in zip(world.learners, shards, strict=True)])
+            try:
+                train = ray.get([a.train_step.remote(s) for a, s in zip(world.learners, shards, strict=True)])
+            except ray.exceptions.RayActorError:
+                self._print(f"[fatal] a learner rank died in step {step + 1}; the run stops. Resume from "
+                            f"the last checkpoint with --resume auto (checkpoint.every={cfg.checkpoint.every})")
+                raise
             t_train = time.perf_counter() - t0 - t_rollout - t_reward
             stream.accounting["trained"] += len(batch)
             self.version += 1
@@ -127,7 +137,8 @@ class Controller:
             self._update_series(values, extras)
             self._print(console_line(self.step, total, values, started, start_step))
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
-                world.checkpoint(self.step, source.state(), stream.accounting)
+                world.checkpoint(self.step, cursor_at.get(self.step, source.state()), stream.accounting)
+            cursor_at.pop(step, None)
         for _, requests in inflight:  # rollouts for steps past the end are generated but unused
             outputs = stream.collect(requests)
             stream.accounting["dropped/run_ended"] += sum(len(o["rollouts"]) for o in outputs)

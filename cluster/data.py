@@ -47,11 +47,22 @@ def compact_target(task: str, row: dict) -> str:
 
 
 def prompt_text(task: str, row: dict, style: str, tokenizer) -> str:
+    """The text the policy is prompted with.
+
+    compact: `compact_prompt`. chat: the task's messages (`rewards.get_task(task).format_prompt`,
+    which e.g. adds the boxed-answer instruction to bare GSM8K/MATH questions) through the
+    tokenizer's chat template. A tokenizer without a chat template (the tiny model's character
+    tokenizer) gets the plain text of the messages instead: their contents joined by blank lines,
+    without role markers or a generation prompt.
+    """
     if style == "compact":
         return compact_prompt(task, row)
+    from rewards import get_task
+
+    messages = get_task(task).format_prompt(row)
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("prompt_style=chat needs a tokenizer with a chat template (the tiny model has none)")
-    return tokenizer.apply_chat_template(list(row["prompt"]), tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(str(m["content"]) for m in messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def encode_prompts(texts: list[str], tokenizer) -> list[list[int]]:

@@ -153,16 +153,21 @@ class RolloutWorker:
         ):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{len(seq)} {name} for {n} prompts")
+        jobs = [(i, j) for i in range(n) for j in range(group_size)]
+        # Micro-batches of similar prompt lengths pad less; samples do not depend on their batch.
+        order = sorted(range(len(jobs)), key=lambda k: len(prompts[jobs[k][0]]))
+        rollouts: list[Rollout | None] = [None] * len(jobs)
         with self._lock:
             call_seed = self._call_seed(seed)
-            jobs = [(i, j) for i in range(n) for j in range(group_size)]
-            rollouts: list[Rollout] = []
             self.last_stats = []
-            for first in range(0, len(jobs), self.micro_batch_size):
-                chunk = jobs[first : first + self.micro_batch_size]
-                rollouts += self._micro_batch(
+            for first in range(0, len(order), self.micro_batch_size):
+                picked = order[first : first + self.micro_batch_size]
+                chunk = [jobs[k] for k in picked]
+                made = self._micro_batch(
                     chunk, prompts, group_ids, call_seed, metadata, item_indices
                 )
+                for k, rollout in zip(picked, made, strict=True):
+                    rollouts[k] = rollout
         return rollouts
 
     def _call_seed(self, seed: int | None) -> int:

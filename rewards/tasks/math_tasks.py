@@ -21,6 +21,10 @@ from rewards.tasks.answers import as_number, last_boxed, normalise
 from rewards.tasks.base import Task
 from rewards.types import RewardResult, ScoringOptions
 
+# LLaDA's evaluation instruction; the d1/BGPO parquet rows of GSM8K and MATH are bare questions,
+# and the bgpo preset only reads a `\boxed{}` answer.
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
 # A boxed answer longer than this is not sent to math-verify: no gold answer in GSM8K or MATH
 # comes close, and parsing pathological LaTeX is where the time goes.
 MAX_ANSWER_CHARS = 1000
@@ -57,6 +61,19 @@ class MathTask(Task):
 
     name = "math"
     presets = ("bgpo", "d1")
+
+    def format_prompt(self, item: dict) -> list[dict]:
+        """The row's messages, with BOXED_INSTRUCTION appended to the last user message when no
+        message mentions "boxed" already (rows that carry their own instruction stay as they are)."""
+        messages = [dict(m) for m in item["prompt"]]
+        if any("boxed" in str(m.get("content", "")) for m in messages):
+            return messages
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if not users:
+            raise ValueError("math row has no user message to attach the answer instruction to")
+        last = messages[users[-1]]
+        last["content"] = f"{str(last['content']).rstrip()}\n{BOXED_INSTRUCTION}"
+        return messages
 
     def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:
         try:
