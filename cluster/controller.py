@@ -42,6 +42,7 @@ class Controller:
         self.step = 0
         self.version = 0
         self.status_line = "starting"
+        self._stop_requested = False
 
     def __repr__(self) -> str:
         return f"Controller({self.config.run_name}, step={self.step}, v={self.version})"
@@ -53,6 +54,11 @@ class Controller:
             raise ValueError("rollout_workers must be >= 1")
         self._scale_requests.put(rollout_workers)
         return {"queued": rollout_workers, "step": self.step}
+
+    def stop(self) -> dict:
+        """Finish the current step, then evaluate, checkpoint and end the run as if it were done."""
+        self._stop_requested = True
+        return {"stopping_after_step": self.step + 1}
 
     def status(self) -> dict:
         world = getattr(self, "world", None)
@@ -94,6 +100,9 @@ class Controller:
         cursor_at: dict[int, dict] = {}
         started = time.time()
         for step in range(start_step, total):
+            if self._stop_requested:
+                self._print(f"[stop] stopping after step {self.step} as requested")
+                break
             self._apply_scale_requests(world)
             t0 = time.perf_counter()
             while next_gen < total and next_gen <= step + k:

@@ -51,9 +51,10 @@ def prompt_text(task: str, row: dict, style: str, tokenizer) -> str:
 
     compact: `compact_prompt`. chat: the task's messages (`rewards.get_task(task).format_prompt`,
     which e.g. adds the boxed-answer instruction to bare GSM8K/MATH questions) through the
-    tokenizer's chat template. A tokenizer without a chat template (the tiny model's character
-    tokenizer) gets the plain text of the messages instead: their contents joined by blank lines,
-    without role markers or a generation prompt.
+    tokenizer's chat template (a final assistant message is continued, not closed). A tokenizer
+    without a chat template (the tiny model's character tokenizer) gets the plain text of the
+    messages instead: their contents joined by blank lines, without role markers or a generation
+    prompt.
     """
     if style == "compact":
         return compact_prompt(task, row)
@@ -62,6 +63,9 @@ def prompt_text(task: str, row: dict, style: str, tokenizer) -> str:
     messages = get_task(task).format_prompt(row)
     if getattr(tokenizer, "chat_template", None) is None:
         return "\n\n".join(str(m["content"]) for m in messages)
+    if messages and messages[-1].get("role") == "assistant":
+        # A started answer (MBPP's few-shot rows end with "[BEGIN]\n"): the model continues it.
+        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -40,6 +40,9 @@ def connect(config: RunConfig) -> None:
         return
     # A throwaway local cluster: no dashboard, token auth off unless the user set it.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Idle OpenMP threads sleep instead of spinning: several actors share a few cores here, and
+    # spinning threads of one actor starve the others (the actors inherit this environment).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logical = max(os.cpu_count() or 1, int(reserved_cpus(config) + 0.999) + 1)
     ray.init(
         address="local",

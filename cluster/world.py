@@ -25,9 +25,10 @@ from cluster.data import (
     prompt_text,
     sft_examples,
 )
+from cluster.evaluate import generate_and_score
 from cluster.groups import RolloutPool, VerifierPool, make_learners
 from cluster.policy_factory import load_tokenizer
-from cluster.stream import RolloutRequest, RolloutStream
+from cluster.stream import RolloutStream
 from cluster.weight_sync import WeightPublisher
 
 log = logging.getLogger("bgpo.world")
@@ -170,28 +171,20 @@ class World:
     # ---- evaluation, checkpoints ---------------------------------------------------------------
 
     def evaluate(self, version: int) -> dict:
-        """Greedy held-out accuracy (status ok) and mean reward on each evaluation set."""
+        """Greedy held-out accuracy (status ok) and mean reward on each evaluation set (the
+        generation and scoring are `cluster.evaluate.generate_and_score`, shared with `bgpo eval`)."""
         out = {}
         limit = self.config.trainer.eval_limit
         for name, rows in self.eval_sets.items():
             rows = rows[:limit]
             stream = RolloutStream(self.rollouts, self.verifiers, task=self.config.task.name, rows=rows,
                                    timeout_s=self.config.trainer.rollout_timeout_s, on_dead_worker=self.replace_rollout)
-            shards = self.split_prompts(list(range(len(rows))), len(self.rollouts.names()))
-            inflight = [
-                stream.submit(RolloutRequest(
-                    step=-1, prompts=[self.eval_prompt_ids[name][i] for i in shard], item_indices=shard,
-                    group_ids=shard, group_size=1, seed=self.config.seed, eval=True))
-                for shard in shards
-            ]
-            start = time.perf_counter()
-            rollouts = [r for o in stream.collect(inflight) for r in o["rollouts"]]
-            seconds = time.perf_counter() - start
-            results = stream.score(rollouts)
+            outcome = generate_and_score(stream, self.eval_prompt_ids[name][: len(rows)], seed=self.config.seed)
+            results = outcome.results
             out[f"{name}_accuracy"] = sum(r["status"] == "ok" for r in results) / max(len(results), 1)
             out[f"{name}_reward"] = sum(r["score"] for r in results) / max(len(results), 1)
             out[f"{name}_n"] = len(results)
-            out[f"{name}_tokens_per_s"] = sum(len(r.response_ids) for r in rollouts) / max(seconds, 1e-9)
+            out[f"{name}_tokens_per_s"] = sum(len(r.response_ids) for r in outcome.rollouts) / max(outcome.seconds, 1e-9)
         return out
 
     def checkpoint(self, step: int, cursor: dict, accounting) -> str:

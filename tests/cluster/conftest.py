@@ -20,6 +20,7 @@ TINY_RUN = [
     "rollout.group_size=4",
     "rollout.num_cpus=0.5",
     "learner.num_cpus=0.5",
+    "learner.num_threads=1",  # several runs share 2 cores in the tests: no intra-op threading
     "learner.n_t=2",
     "learner.micro_batch_size=8",
     "trainer.prompts_per_step=4",

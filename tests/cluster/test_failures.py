@@ -103,13 +103,23 @@ def test_hung_verifier_is_replaced_at_its_deadline(ray_local, tiny_run):
 
 
 def test_scaling_mid_run(ray_local, tiny_run):
-    config = tiny_run("scale", "trainer.total_steps=7", "rollout.num_cpus=0.25")
+    config = tiny_run("scale", "trainer.total_steps=200", "rollout.num_cpus=0.25")
     run = Background(config)
-    controller = _actor(config, "controller")
     run.wait_for_step(1)
+    controller = _actor(config, "controller")
     ray.get(controller.scale.remote(4))
-    run.wait_for_step(4)
+    # New actors join between steps once Ray has started them (a few seconds each).
+    deadline = time.monotonic() + 180
+    while not any(r["rollout/workers"] == 4 for r in _steps(config.run_dir)):
+        assert time.monotonic() < deadline, [r["rollout/workers"] for r in _steps(config.run_dir)]
+        assert run.thread.is_alive(), f"run ended before scaling up: {run.error!r}"
+        time.sleep(0.2)
     ray.get(controller.scale.remote(1))
+    deadline = time.monotonic() + 180
+    while _steps(config.run_dir)[-1]["rollout/workers"] != 1:
+        assert time.monotonic() < deadline, [r["rollout/workers"] for r in _steps(config.run_dir)]
+        time.sleep(0.2)
+    ray.get(controller.stop.remote())
     run.join()
     workers = [r["rollout/workers"] for r in _steps(config.run_dir)]
     assert 4 in workers, workers

@@ -70,7 +70,7 @@ def test_job_submit_runs_to_success_and_the_dashboard_shows_it(head, tmp_path):
         "run_name=submitted", f"output_dir={tmp_path}", "model.tiny.hidden_size=32", "model.tiny.num_layers=2",
         "model.tiny.num_heads=2", "task.num_train=64", "task.num_test=8", "warmup.steps=2",
         "rollout.group_size=4", "trainer.prompts_per_step=4", "trainer.total_steps=6", "trainer.eval_limit=8",
-        "learner.n_t=2", "learner.num_cpus=0.5", "rollout.num_cpus=0.5",
+        "learner.n_t=2", "learner.num_cpus=0.5", "learner.num_threads=1", "rollout.num_cpus=0.5",
     ]
     submit = subprocess.run(
         [RAY, "job", "submit", "--address", dashboard, "--runtime-env", str(REPO / "runtime_env.yaml"),
