@@ -232,7 +232,7 @@ def load_eval_rows(task_cfg, limit: int | None, seed: int) -> list[dict]:
     return rows
 
 
-def item_records(rows: list[dict], texts: list[str], outcome: EvalOutcome) -> list[dict]:
+def item_records(texts: list[str], outcome: EvalOutcome) -> list[dict]:
     """One results.jsonl record per row of `outcome` (generated or missing), in row order."""
     records = []
     for rollout, result in zip(outcome.rollouts, outcome.results, strict=True):
@@ -374,7 +374,7 @@ def evaluate_checkpoint(config, rows: list[dict], out: Path, *, kind: str, limit
 
     def on_wave(wave: EvalOutcome) -> None:
         with results_path.open("a", encoding="utf-8") as fh:
-            for record in item_records(rows, texts, wave):
+            for record in item_records(texts, wave):
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         done = max([r.item_index for r in wave.rollouts] + list(wave.missing)) + 1
         ok = sum(r["status"] == "ok" for r in wave.results)
@@ -390,7 +390,7 @@ def evaluate_checkpoint(config, rows: list[dict], out: Path, *, kind: str, limit
     finally:
         if own:
             actors.close()
-    summary = summarize(item_records(rows, texts, outcome), outcome, config, kind, limit)
+    summary = summarize(item_records(texts, outcome), outcome, config, kind, limit)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(markdown_table([summary]))
     return summary
