@@ -96,8 +96,11 @@ class RolloutStream:
             if not ready:  # the oldest request ran past its deadline
                 late = min(pending, key=lambda f: f.submitted)
                 pending.remove(late)
-                log.warning("rollout request of step %d on %s is late (> %.0fs)", late.request.step, late.worker, self.timeout_s)
-                ray.cancel(late.ref, force=False)
+                log.warning("rollout request of step %d on %s is late (> %.0fs); replacing the worker",
+                            late.request.step, late.worker, self.timeout_s)
+                # A worker past its deadline is presumed wedged: it is killed and replaced, so the
+                # next steps do not queue behind it.
+                self.on_dead_worker(late.worker)
                 self._retry_or_drop(late, pending, "late")
                 continue
             done = next(f for f in pending if f.ref == ready[0])
