@@ -313,13 +313,15 @@ def table_lines(rows: list[dict], before: dict, markdown: bool) -> list[str]:
     return [fmt(head), *(fmt(row) for row in body)]
 
 
-def settings_line(args: argparse.Namespace, seeds: list[int], memory_source: str, elbo_n_t: int) -> str:
-    return (f"4x4 Sudoku (tiny model, compact prompts); seeds {seeds}; per seed one warm start shared by all "
-            f"configurations; RL: {args.steps} steps x {args.prompts} prompts x 8 samples, AdamW lr as configured; "
-            f"accuracy = puzzles fully solved, greedy, {args.eval_limit} puzzles per set, mean ± sample sd over seeds; "
-            f"Δ = after - before per seed, averaged; elbo_ratio n_t = {elbo_n_t} (largest fitting the memory of "
-            f"bgpo n_t=16; memory source: {memory_source}); peak = live tensor bytes of one learner step "
-            f"(benchmarks/learner_memory.py method) at this run's batch; wall = whole train() call.")
+def settings_line(st: dict, memory_source: str, elbo_n_t: int) -> str:
+    return (f"4x4 Sudoku (tiny model, compact prompts); seeds {st['seeds']}; per seed one warm start "
+            f"({st['warmup_steps']} supervised steps) shared by all configurations; RL: {st['steps']} steps x "
+            f"{st['prompts_per_step']} prompts x 8 samples, the config's learning rate for every objective; "
+            f"accuracy = puzzles fully solved, greedy, {st['eval_limit']} puzzles per set, mean ± sample sd "
+            f"over seeds; Δ = after - before per seed, averaged (points); elbo_ratio n_t = {elbo_n_t}, the largest "
+            f"whose peak fits that of bgpo n_t=16 (memory source: {memory_source}); learner peak = live tensor "
+            f"bytes of one learner step (benchmarks/learner_memory.py method) at this run's micro-batch; "
+            f"wall = the whole train() call (start-up, two evaluations, RL, checkpoint), RL loop = sum of step times.")
 
 
 # ---- plots --------------------------------------------------------------------------------------
@@ -420,6 +422,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-reuse", action="store_true", help="retrain even when an identical finished run exists")
     p.add_argument("--smoke", action="store_true",
                    help="2 RL steps of 4 prompts, 16 eval puzzles, 20 warm-up steps: checks the script")
+    p.add_argument("--report-only", action="store_true", help="redraw the table and plots from --json, no training")
     p.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
@@ -453,6 +456,14 @@ def write_json(path: Path | None, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        if args.json is None:
+            raise SystemExit("--report-only needs --json (the file a finished run wrote)")
+        payload = json.loads(args.json.read_text())
+        if payload.get("partial", True):
+            raise SystemExit(f"{args.json} holds a partial run: nothing to report")
+        report(payload, args.report_dir, args.learner_json)
+        return 0
     if args.child_memory:  # child: one memory measurement, one JSON line
         objective, n_t = args.child_memory.split(":")
         cfg = load_config(args.config, [f"trainer.prompts_per_step={args.prompts}",
@@ -480,8 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     payload: dict = {"partial": True, "settings": {
         "seeds": seeds, "steps": args.steps, "prompts_per_step": args.prompts, "eval_limit": args.eval_limit,
-        "config": args.config or "embedded tiny-sudoku", "smoke": args.smoke,
-        "torch_threads_note": "learner.num_threads as configured; 2-core shared CPU machine"},
+        "config": args.config or "embedded tiny-sudoku", "smoke": args.smoke, "cpu_count": os.cpu_count(),
+        "warmup_steps": warm_config(args, seeds[0]).warmup.steps},
         "memory": {"source": memory_source, "budget_bytes": budget, "elbo_ratio_n_t": elbo_n_t,
                    "run_shape_records": run_shape,
                    "chooser_records": chooser if args.memory_json else "run_shape_records"},
@@ -515,39 +526,43 @@ def main(argv: list[str] | None = None) -> int:
                   f"(RL {record['rl_seconds']:.0f} s){' [reused]' if record['reused'] else ''}", flush=True)
 
     rows = summarise(payload["runs"], variants, run_shape)
-    before = before_summary(payload["before"])
-    payload.update(partial=False, summary=rows, before_summary=before,
+    payload.update(partial=False, summary=rows, before_summary=before_summary(payload["before"]),
                    total_seconds=time.perf_counter() - started)
     write_json(args.json, payload)
+    report(payload, args.report_dir, args.learner_json)
+    return 0
 
-    info = settings_line(args, seeds, memory_source, elbo_n_t)
+
+def report(payload: dict, report_dir: Path, learner_json: Path | None) -> None:
+    """Print the table and write the markdown and the two plots from a finished payload."""
+    rows, before, st, mem = payload["summary"], payload["before_summary"], payload["settings"], payload["memory"]
+    info = settings_line(st, mem["source"], mem["elbo_ratio_n_t"])
     print()
     print(info)
     print("\n".join(table_lines(rows, before, markdown=False)))
     print(f"total {payload['total_seconds'] / 60:.1f} min")
 
-    args.report_dir.mkdir(parents=True, exist_ok=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
     md = ["<!-- generated by benchmarks/paper_small.py; do not edit by hand -->", "", info, "",
           *table_lines(rows, before, markdown=True), "",
-          f"Total wall time {payload['total_seconds'] / 60:.1f} min on this machine "
-          f"({os.cpu_count()} CPU cores, shared).", ""]
-    (args.report_dir / "paper_small.md").write_text("\n".join(md))
-    title = (f"4x4 Sudoku, tiny dLLM: {args.steps} RL steps x {args.prompts} prompts from one warm start per seed "
-             f"(seeds {seeds})")
-    plot_accuracy(rows, before, elbo_n_t, args.report_dir / "paper_small_accuracy.png", title)
+          f"Total wall time of the benchmark {payload['total_seconds'] / 60:.1f} min "
+          f"({st['cpu_count']} CPU cores, shared with other jobs).", ""]
+    (report_dir / "paper_small.md").write_text("\n".join(md))
+    title = (f"4x4 Sudoku, tiny dLLM: {st['steps']} RL steps x {st['prompts_per_step']} prompts "
+             f"from one warm start per seed (seeds {st['seeds']})")
+    plot_accuracy(rows, before, mem["elbo_ratio_n_t"], report_dir / "paper_small_accuracy.png", title)
     panels = []
-    if args.learner_json and args.learner_json.exists():
-        learner = json.loads(args.learner_json.read_text())
+    if learner_json is not None and learner_json.exists():
+        learner = json.loads(learner_json.read_text())
         panels.append((learner_json_title(learner), learner))
     else:
-        print(f"[memory] {args.learner_json} not found: learner_memory.png shows this run's shape only")
+        print(f"[memory] {learner_json} not found: learner_memory.png shows this run's shape only")
+    run_shape = mem["run_shape_records"]
     shape = run_shape[0]
-    panels.append((f"this benchmark's learner step ({shape['params'] / 1e6:.2f}M params, batch {shape['batch']}, "
-                   f"micro-batch {shape['micro_batch_size']}, L={shape['response_length']}, cpu)", run_shape))
-    plot_memory(panels, args.report_dir / "learner_memory.png")
-    print(f"wrote {args.report_dir / 'paper_small.md'}, paper_small_accuracy.png, learner_memory.png"
-          + (f", {args.json}" if args.json else ""))
-    return 0
+    panels.append((f"paper_small's learner ({shape['params'] / 1e6:.2f}M params, micro-batch "
+                   f"{shape['micro_batch_size']}, L={shape['response_length']}, cpu)", run_shape))
+    plot_memory(panels, report_dir / "learner_memory.png")
+    print(f"wrote {report_dir / 'paper_small.md'}, paper_small_accuracy.png, learner_memory.png")
 
 
 if __name__ == "__main__":
