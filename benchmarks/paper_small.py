@@ -384,6 +384,9 @@ def plot_memory(panels: list[tuple[str, list[dict]]], path: Path) -> None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=objective)
         ax.set_xscale("log", base=2)
+        ns = sorted({r["n_t"] for r in records if r["objective"] in ("bgpo", "elbo_ratio")})
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("n_t (MC samples per response)")
         ax.set_ylabel("learner step peak memory, MiB")
         ax.set_title(title, fontsize=9)

@@ -48,3 +48,4 @@ def tiny_run(tmp_path):
         return load_config(None, [*TINY_RUN, f"run_name={name}", f"output_dir={tmp_path}", *overrides])
 
     return make
+

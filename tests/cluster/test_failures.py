@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import pytest
 import ray
+from ray_helpers import kill_processes_mentioning
 from safetensors.torch import load_file
 
 from cluster.groups import namespace_of
@@ -134,7 +136,11 @@ def test_driver_killed_mid_run_then_resumed_matches_an_uninterrupted_run(ray_loc
 
     killed = tiny_run("killed", *common)
     overrides = [f"{k}={v}" for k, v in _flatten(killed.model_dump(mode="json")).items()]
-    env = dict(os.environ)
+    # The killed run's local Ray keeps its files (and so every process's command line) under a
+    # short temp dir of its own, so that the whole cluster can be killed with the driver.
+    ray_tmp = tempfile.mkdtemp(prefix="bgpo-kill-", dir="/tmp")
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    env.pop("RAY_ADDRESS", None)  # set by this process's ray.init: the run must start its own Ray
     proc = subprocess.Popen([sys.executable, "-m", "cluster.launch", *overrides], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest = killed.run_dir / "checkpoints" / "latest"
@@ -142,9 +148,9 @@ def test_driver_killed_mid_run_then_resumed_matches_an_uninterrupted_run(ray_loc
     while time.monotonic() < deadline and not (latest.exists() and latest.read_text().strip() >= "global_step_2"):
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver...
     proc.wait(30)
-    subprocess.run(["pkill", "-9", "-f", f"run_name={killed.run_name}"], check=False)
+    kill_processes_mentioning(ray_tmp)  # ...and the cluster it started, controller included
     resumed_at = int(latest.read_text().strip().rsplit("_", 1)[1])
     assert 2 <= resumed_at < 4
 

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from ray_helpers import kill_processes_mentioning
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -60,35 +61,8 @@ def head(tmp_path_factory):
     try:
         yield {"env": env, **ports}
     finally:
-        _stop_cluster(temp)
-
-
-def _stop_cluster(temp_dir) -> None:
-    """Stop only this cluster: `ray stop` would kill every Ray instance on the machine. Its
-    processes all carry the cluster's own --temp-dir (session and log paths) on their command line."""
-    import signal
-
-    def ours() -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if str(temp_dir) in cmdline and int(entry.name) != os.getpid():
-                    found.append(int(entry.name))
-        return found
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while ours() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        # `ray stop` would kill every Ray instance on the machine: stop only this one.
+        kill_processes_mentioning(str(temp))
 
 
 def test_job_submit_runs_to_success_and_the_dashboard_shows_it(head, tmp_path):
