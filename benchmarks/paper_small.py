@@ -77,6 +77,12 @@ class Variant:
         return f"{self.objective}-nt{self.n_t}" if self.objective != "diffu_grpo" else "diffu_grpo"
 
 
+def variants_for(elbo_n_t: int) -> list[Variant]:
+    return [*(Variant(f"bgpo n_t={n}", "bgpo", n) for n in BGPO_N_T),
+            Variant(f"elbo_ratio n_t={elbo_n_t}", "elbo_ratio", elbo_n_t),
+            Variant("diffu-GRPO", "diffu_grpo", 1)]
+
+
 # ---- configs ------------------------------------------------------------------------------------
 
 
@@ -231,6 +237,19 @@ def measure_memory(args: argparse.Namespace) -> list[dict]:
     return records
 
 
+def previous_memory(args: argparse.Namespace) -> list[dict] | None:
+    """The run-shape records of an earlier invocation's --json, if it measured the same settings."""
+    if args.no_reuse or args.json is None or not args.json.exists():
+        return None
+    old = json.loads(args.json.read_text())
+    same = (old["settings"]["prompts_per_step"] == args.prompts
+            and old["settings"]["config"] == (args.config or "embedded tiny-sudoku"))
+    if not same:
+        return None
+    print(f"[memory] reusing the run-shape measurements stored in {args.json}", flush=True)
+    return old["memory"]["run_shape_records"]
+
+
 def peak_of(records: list[dict], objective: str, n_t: int) -> int | None:
     found = [r["peak_bytes"] for r in records if r["objective"] == objective and r["n_t"] == n_t
              and not r.get("oom")]
@@ -295,14 +314,14 @@ def _pct(mean: float, sd: float) -> str:
 
 
 def table_lines(rows: list[dict], before: dict, markdown: bool) -> list[str]:
-    head = ["configuration", "test acc %", "Δ test", "heldout acc %", "Δ heldout",
+    head = ["configuration", "seeds", "test acc %", "Δ test", "heldout acc %", "Δ heldout",
             "learner peak MiB", "vs bgpo 16", "wall s", "RL loop s"]
-    body = [["before RL (shared warm start)", _pct(before["test"], before["test_sd"]), "",
+    body = [["before RL (shared warm start)", str(len(before["test_per_seed"])), _pct(before["test"], before["test_sd"]), "",
              _pct(before["heldout"], before["heldout_sd"]), "", "", "", "", ""]]
     for r in rows:
         peak = f"{r['peak_bytes'] / 2**20:.1f}" if r["peak_bytes"] is not None else "-"
         ratio = f"{r['peak_vs_bgpo16']:.2f}x" if r["peak_vs_bgpo16"] is not None else "-"
-        body.append([r["label"], _pct(r["test_after"], r["test_after_sd"]), f"{100 * r['test_gain']:+.1f}",
+        body.append([r["label"], str(len(r["seeds"])), _pct(r["test_after"], r["test_after_sd"]), f"{100 * r['test_gain']:+.1f}",
                      _pct(r["heldout_after"], r["heldout_after_sd"]), f"{100 * r['heldout_gain']:+.1f}",
                      peak, ratio, f"{r['wall_seconds']:.0f}", f"{r['rl_seconds']:.0f}"])
     if markdown:
@@ -463,8 +482,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is None:
             raise SystemExit("--report-only needs --json (the file a finished run wrote)")
         payload = json.loads(args.json.read_text())
-        if payload.get("partial", True):
-            raise SystemExit(f"{args.json} holds a partial run: nothing to report")
+        if payload["partial"]:  # an interrupted or still running benchmark: what finished so far
+            if not payload["runs"]:
+                raise SystemExit(f"{args.json} holds no finished RL run yet")
+            mem = payload["memory"]
+            payload["summary"] = summarise(payload["runs"], variants_for(mem["elbo_ratio_n_t"]),
+                                           mem["run_shape_records"])
+            payload["before_summary"] = before_summary(payload["before"])
         report(payload, args.report_dir, args.learner_json)
         return 0
     if args.child_memory:  # child: one memory measurement, one JSON line
@@ -477,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     started = time.perf_counter()
     # 1. Memory: the budget is BGPO's peak at n_t = 16; elbo_ratio gets the largest n_t that fits.
-    run_shape = measure_memory(args)
+    run_shape = previous_memory(args) or measure_memory(args)
     if args.memory_json:
         chooser = json.loads(args.memory_json.read_text())
         memory_source = f"{args.memory_json} (learner_memory.py, its own model and batch)"
@@ -487,9 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     elbo_n_t, budget = pick_elbo_n_t(chooser)
     print(f"[memory] budget = bgpo n_t=16 peak {budget / 2**20:.1f} MiB ({memory_source}); "
           f"elbo_ratio runs at n_t={elbo_n_t}", flush=True)
-    variants = [*(Variant(f"bgpo n_t={n}", "bgpo", n) for n in BGPO_N_T),
-                Variant(f"elbo_ratio n_t={elbo_n_t}", "elbo_ratio", elbo_n_t),
-                Variant("diffu-GRPO", "diffu_grpo", 1)]
+    variants = variants_for(elbo_n_t)
 
     init_ray()
     payload: dict = {"partial": True, "settings": {
@@ -540,18 +562,22 @@ def report(payload: dict, report_dir: Path, learner_json: Path | None) -> None:
     """Print the table and write the markdown and the two plots from a finished payload."""
     rows, before, st, mem = payload["summary"], payload["before_summary"], payload["settings"], payload["memory"]
     info = settings_line(st, mem["source"], mem["elbo_ratio_n_t"])
+    if payload["partial"]:
+        done = ", ".join(f"{r['label']} seed {r['seed']}" for r in payload["runs"])
+        info = f"**PARTIAL RESULTS** (the benchmark did not finish; runs done: {done}). " + info
     print()
     print(info)
     print("\n".join(table_lines(rows, before, markdown=False)))
-    print(f"total {payload['total_seconds'] / 60:.1f} min")
+    total = f"{payload['total_seconds'] / 60:.1f} min" if "total_seconds" in payload else "unfinished"
+    print(f"total {total}")
 
     report_dir.mkdir(parents=True, exist_ok=True)
     md = ["<!-- generated by benchmarks/paper_small.py; do not edit by hand -->", "", info, "",
           *table_lines(rows, before, markdown=True), "",
-          f"Total wall time of the benchmark {payload['total_seconds'] / 60:.1f} min "
+          f"Total wall time of the benchmark: {total} "
           f"({st['cpu_count']} CPU cores, shared with other jobs).", ""]
     (report_dir / "paper_small.md").write_text("\n".join(md))
-    title = (f"4x4 Sudoku, tiny dLLM: {st['steps']} RL steps x {st['prompts_per_step']} prompts "
+    title = (("PARTIAL: " if payload["partial"] else "") + f"4x4 Sudoku, tiny dLLM: {st['steps']} RL steps x {st['prompts_per_step']} prompts "
              f"from one warm start per seed (seeds {st['seeds']})")
     plot_accuracy(rows, before, mem["elbo_ratio_n_t"], report_dir / "paper_small_accuracy.png", title)
     panels = []

@@ -132,8 +132,20 @@ class WeightPublisher:
         if self._members != tuple(names):
             self._rebuild(receivers, names)
         refs = [receivers[n].receive_weights.remote(version) for n in names]
-        sent = ray.get(self.learner.send_weights.remote())
-        ray.get(refs)
+        send = self.learner.send_weights.remote()
+        # Wait for every side, the learner included, before reporting a failure: a receiver that
+        # died leaves the broadcast to time out on the others, and retrying earlier would queue
+        # behind it. The group is rebuilt on the next push.
+        errors, sent = [], None
+        for ref in [send, *refs]:
+            try:
+                result = ray.get(ref)
+                sent = result if ref is send else sent
+            except ray.exceptions.RayError as err:
+                errors.append(err)
+        if errors:
+            self.invalidate()
+            raise errors[0]
         return sent["bytes"]
 
     def push_object_store(self, receivers: dict, version: int) -> None:

@@ -107,10 +107,10 @@ class World:
             try:
                 sent = self._sync_once(version)
                 break
-            except ray.exceptions.RayActorError as err:
+            except ray.exceptions.RayError as err:
                 if attempt:
                     raise
-                self.log(f"[sync] a rollout actor died during weight sync ({err}); replacing it")
+                self.log(f"[sync] weight sync failed ({type(err).__name__}); replacing dead rollout actors")
                 self._replace_dead_rollouts()
         self.version = version
         return {"perf/weight_sync_seconds": time.perf_counter() - start, "perf/weight_sync_bytes": sent,
