@@ -74,12 +74,6 @@ class _WeightReceiver:
         self.buckets = buckets
         return True
 
-    def leave_sync(self) -> bool:
-        if self.sync is not None:
-            self.sync.close()
-        self.sync = None
-        return True
-
 
 class RolloutActor(_WeightReceiver):
     def __init__(self, worker_id: str, config: dict) -> None:
