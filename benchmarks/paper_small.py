@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             record = {"label": v.label, "objective": v.objective, "n_t": v.n_t, "seed": seed,
                       "before": summary["before"], "after": summary["after"], "steps": summary["steps"],
                       "wall_seconds": summary["wall_seconds"], "reused": summary["reused"],
-                      "run_dir": str(cfg.run_dir), **loop_times(Path(cfg.run_dir))}
+                      "run_dir": os.path.relpath(cfg.run_dir), **loop_times(Path(cfg.run_dir))}
             payload["runs"].append(record)
             write_json(args.json, payload)
             print(f"[seed {seed}] {v.label:<18} test {record['before']['test_accuracy']:.3f} -> "

@@ -15,9 +15,8 @@ import json
 import random
 from dataclasses import dataclass
 
-import torch
-
 from rewards.datasets import load_rows
+from rollout.worker import left_pad
 
 SEPARATOR = "="
 
@@ -71,17 +70,6 @@ def prompt_text(task: str, row: dict, style: str, tokenizer) -> str:
 
 def encode_prompts(texts: list[str], tokenizer) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
 
 
 def sft_examples(task: str, rows: list[dict], tokenizer, gen_length: int, eos_id: int, pad_id: int):
