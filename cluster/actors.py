@@ -44,21 +44,16 @@ def sampling_config(section):
 
 
 def learner_config(config: RunConfig):
+    """The learner's dataclass from the run's `learner` section: every dataclass field but the
+    seed has a section field of the same name (tests/cluster/test_config.py checks it); the
+    resources (num_workers, num_cpus, ...) stay with the actor."""
+    from dataclasses import fields
+
     from learner.worker import LearnerConfig
 
-    lc = config.learner
-    return LearnerConfig(
-        objective=lc.objective,
-        n_t=lc.n_t,
-        micro_batch_size=lc.micro_batch_size,
-        mc_chunk=lc.mc_chunk,
-        lr=lc.lr,
-        weight_decay=lc.weight_decay,
-        betas=tuple(lc.betas),
-        grad_clip=lc.grad_clip,
-        seed=config.seed,
-        clip_eps=lc.clip_eps,
-    )
+    section = config.learner.model_dump()
+    names = {f.name for f in fields(LearnerConfig)} - {"seed"}
+    return LearnerConfig(seed=config.seed, **{name: section[name] for name in names})
 
 
 class _WeightReceiver:

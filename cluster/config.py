@@ -120,6 +120,17 @@ class RewardsConfig(Section):
     """Run code without the sandbox when none works (explicit opt-in)."""
 
 
+class DiffuGRPOSection(Section):
+    clip_eps: float = 0.5
+    """Token-level ratio clip (d1; bgpo.md section 8)."""
+    beta: float = Field(0.04, ge=0)
+    """KL(pi || pi_ref) weight, k3 estimator; 0 needs no reference policy."""
+    iterations: int = Field(12, ge=1)
+    """Inner optimizer steps per rollout batch (d1's mu)."""
+    prompt_mask_prob: float = Field(0.15, ge=0, le=1)
+    """Each real prompt token is masked with this probability in every log-prob estimate."""
+
+
 class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1)
     """Learner ranks in one torch.distributed group (gloo on CPU, NCCL on GPU)."""
@@ -148,6 +159,12 @@ class LearnerConfig(Section):
     """Global gradient-norm clip."""
     clip_eps: float | None = None
     """PPO-style ratio clipping for stale samples (None: off, inert on-policy anyway)."""
+    dual_clip: float | None = 3.0
+    """Dual clip for A < 0, used only when clip_eps is set (None: off)."""
+    bucket_bytes: int = Field(25 * 2**20, ge=1)
+    """Gradient all-reduce bucket size across learner ranks."""
+    diffu_grpo: DiffuGRPOSection = DiffuGRPOSection()
+    """Settings of the diffu_grpo baseline objective (ignored by bgpo and elbo_ratio)."""
 
 
 class WarmupConfig(Section):

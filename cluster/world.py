@@ -105,7 +105,7 @@ class World:
         start = time.perf_counter()
         for attempt in range(2):
             try:
-                sent = self._sync_once(version)
+                sent = self.publisher.push(self.rollouts.actors, version)
                 break
             except ray.exceptions.RayError as err:
                 if attempt:
@@ -115,9 +115,6 @@ class World:
         self.version = version
         return {"perf/weight_sync_seconds": time.perf_counter() - start, "perf/weight_sync_bytes": sent,
                 "perf/weight_sync_backend": self.config.weight_sync.backend}
-
-    def _sync_once(self, version: int) -> int:
-        return self.publisher.push(self.rollouts.actors, version)
 
     def _load_current_weights(self, names: list[str]) -> None:
         self.publisher.push_object_store({n: self.rollouts.actors[n] for n in names}, self.version)

@@ -97,6 +97,6 @@ for preset in "${PRESETS[@]}"; do
     fi
 done
 
-"$PY" -c "import sys; from cluster.evaluate import collect_table; print(collect_table(sys.argv[1]), end='')" \
+"$PY" -c "import sys; from cluster.eval_report import collect_table; print(collect_table(sys.argv[1]), end='')" \
     "$OUT_DIR/eval" | tee "$OUT_DIR/eval/table.md"
 echo "[reproduce] table written to $OUT_DIR/eval/table.md; compare with docs/reproduce.md"
