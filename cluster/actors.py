@@ -29,6 +29,8 @@ from cluster.weight_sync import (
     receive_weights,
     send_weights,
 )
+from dllm.weights import state_from_buckets
+from learner.sharding import gather_full_state, load_full_state
 
 
 def _quiet_transformers() -> None:
@@ -179,15 +181,21 @@ class VerifierActor:
 
 
 class LearnerActor:
+    """One learner rank. With `learner.sharding=fsdp` its policy is sharded across the group; the
+    full weights that leave it (rollout sync, checkpoints) are then a copy gathered on the CPU of
+    rank 0 after every change, `self.full_state`, since gathering needs every rank at once."""
+
     def __init__(self, rank: int, world_size: int, config: dict) -> None:
         self.rank, self.world_size = rank, world_size
         self.config = RunConfig.model_validate(config)
+        self.sharded = self.config.learner.sharding == "fsdp"
         set_threads(self.config.learner.num_cpus, self.config.learner.num_threads)
         _quiet_transformers()
         self.policy = build_policy(self.config)
         self.worker = None
         self.sync: SyncGroup | None = None
         self.buckets = None
+        self.full_state: dict | None = None
 
     def __repr__(self) -> str:
         return f"LearnerActor(learner-{self.rank}/{self.world_size})"
@@ -197,11 +205,12 @@ class LearnerActor:
         return ray.util.get_node_ip_address(), free_port()
 
     def init_group(self, host: str, port: int) -> bool:
-        """Join the learners' torch.distributed group (gloo on CPU, NCCL on GPU), then build the worker."""
+        """Join the learners' torch.distributed group (gloo on CPU, NCCL on GPU), then build the
+        worker (which shards the policy under fsdp: every rank calls this at once)."""
         from learner.worker import LearnerWorker
 
         group = None
-        if self.world_size > 1:
+        if self.world_size > 1 or self.sharded:
             backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
             dist.init_process_group(
                 backend,
@@ -214,6 +223,7 @@ class LearnerActor:
         self.worker = LearnerWorker(
             self.policy, learner_config(self.config), rank=self.rank, world_size=self.world_size, process_group=group
         )
+        self._gather_full_state()
         return True
 
     def warm_start(self, examples: tuple, response_length: int) -> dict:
@@ -222,24 +232,53 @@ class LearnerActor:
         from learner.sft import warm_start
 
         wc = self.config.warmup
+        # Sharded, rank 0 trains a plain copy alone (the tiny model only has a warm start) and
+        # loads the result into its shard; the others get it from the driver, as replicas do.
+        policy = self.policy
+        if self.sharded:
+            policy = build_policy(self.config)
+            load_full_state(policy.model, self.full_state)
         # Nothing else runs during the warm start: use every core of the node, then give them back.
         torch.set_num_threads(os.cpu_count() or 1)
         try:
-            return warm_start(
-                self.policy, examples, response_length, max_steps=wc.steps, lr=wc.lr,
+            stats = warm_start(
+                policy, examples, response_length, max_steps=wc.steps, lr=wc.lr,
                 seconds=wc.max_seconds, batch_size=wc.batch_size, seed=self.config.seed,
             )
         finally:
             set_threads(self.config.learner.num_cpus, self.config.learner.num_threads)
+        if self.sharded:
+            self._load_full_state(policy.model.state_dict())
+        return stats
 
     def train_step(self, batch) -> dict:
-        return self.worker.step(batch.to(self.policy.device))
+        metrics = self.worker.step(batch.to(self.policy.device))
+        self._gather_full_state()
+        return metrics
 
     # ---- weights out ------------------------------------------------------------------------
 
+    def _gather_full_state(self) -> None:
+        """Sharded: every rank takes part in the gather; rank 0 keeps the copy."""
+        if self.sharded:
+            state = gather_full_state(self.policy.model)
+            self.full_state = state if self.rank == 0 else None
+
+    def _load_full_state(self, state: dict) -> None:
+        load_full_state(self.policy.model, state)
+        if self.sharded and self.rank == 0:
+            self.full_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+    def weight_state(self) -> dict:
+        """The weights rollout workers load, keyed as policy.model's state dict."""
+        if self.sharded:
+            if self.full_state is None:
+                raise RuntimeError(f"learner-{self.rank} holds a shard only: weights leave from rank 0")
+            return self.full_state
+        return self.policy.model.state_dict()
+
     def weight_plan(self) -> list:
-        # Weights travel as the state of policy.model, the module the rollout worker loads into.
-        self.buckets = plan_for(self.policy.model, self.config.weight_sync.bucket_mb)
+        self.buckets = plan_for(self.weight_state(), self.config.weight_sync.bucket_mb)
         return self.buckets
 
     def sync_endpoint(self, epoch: int, world_size: int) -> SyncGroupSpec:
@@ -254,26 +293,35 @@ class LearnerActor:
 
     def send_weights(self) -> dict:
         start = time.perf_counter()
-        sent = send_weights(self.sync, self.policy.model, self.buckets or self.weight_plan())
+        sent = send_weights(self.sync, self.weight_state(), self.buckets or self.weight_plan())
         return {"seconds": time.perf_counter() - start, "bytes": sent}
 
     def numpy_weights(self) -> tuple[list, list[np.ndarray]]:
         buckets = self.buckets or self.weight_plan()
-        return buckets, numpy_buckets(self.policy.model, buckets)
+        return buckets, numpy_buckets(self.weight_state(), buckets)
 
     def load_numpy_weights(self, payload: tuple) -> bool:
         buckets, arrays = payload
-        load_buckets_into(self.policy.model, buckets, arrays)
+        if self.sharded:
+            self._load_full_state(state_from_buckets(buckets, arrays))
+        else:
+            load_buckets_into(self.policy.model, buckets, arrays)
         return True
 
     # ---- checkpoints ------------------------------------------------------------------------
 
-    def save_checkpoint(self, run_dir: str, step: int, trainer_state: dict, keep_last: int) -> str:
+    def save_checkpoint(self, run_dir: str, step: int, trainer_state: dict, keep_last: int) -> str | None:
+        """Rank 0 writes. Sharded, every rank must call it (the optimizer state is gathered);
+        the others return None."""
         from cluster.checkpoint import save_checkpoint
 
+        learner_state = self.worker.state_dict()
+        if self.rank != 0:
+            return None
         path = save_checkpoint(
-            run_dir, step, policy=self.policy, learner_state=self.worker.state_dict(),
+            run_dir, step, policy=self.policy, learner_state=learner_state,
             trainer_state=trainer_state, keep_last=keep_last,
+            weights=self.full_state if self.sharded else None,
         )
         return str(path)
 
@@ -283,7 +331,7 @@ class LearnerActor:
         from cluster.checkpoint import load_learner_state
         from dllm import load_policy
 
-        saved = load_policy(Path(path) / "policy", device=self.policy.device, dtype=self.policy.dtype)
-        self.policy.load_state_dict(saved.state_dict())
+        saved = load_policy(Path(path) / "policy", device="cpu", dtype=self.policy.dtype)
+        self._load_full_state(saved.model.state_dict())
         self.worker.load_state_dict(load_learner_state(path))
         return True

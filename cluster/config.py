@@ -138,6 +138,10 @@ class LearnerConfig(Section):
     """CPUs reserved per learner rank."""
     num_gpus: float = 0.0
     """GPUs reserved per learner rank."""
+    sharding: Literal["replicate", "fsdp"] = "replicate"
+    """replicate: every rank holds the whole model and optimizer (gradients all-reduced).
+    fsdp: FSDP2 shards weights, gradients and optimizer state over the ranks, for models that do
+    not fit one device (LLaDA-8B full fine-tuning)."""
     num_threads: int | None = 2
     """torch intra-op threads per learner rank (None: num_cpus). In synchronous mode the rollout
     actors are idle while the learner trains, so on a small CPU node it may use every core."""

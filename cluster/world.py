@@ -187,8 +187,10 @@ class World:
     def checkpoint(self, step: int, cursor: dict, accounting) -> str:
         state = {"step": step, "version": self.version, "cursor": cursor, "accounting": dict(accounting),
                  "run_name": self.config.run_name, "saved_at": time.time()}
-        path = ray.get(self.learners[0].save_checkpoint.remote(
-            str(self.run_dir), step, state, self.config.checkpoint.keep_last))
+        # Sharded learners gather the optimizer state together; rank 0 writes.
+        writers = self.learners if self.config.learner.sharding == "fsdp" else self.learners[:1]
+        path = ray.get([a.save_checkpoint.remote(str(self.run_dir), step, state, self.config.checkpoint.keep_last)
+                        for a in writers])[0]
         self.log(f"[checkpoint] {path}")
         return path
 

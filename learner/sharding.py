@@ -50,7 +50,10 @@ def shard_model(model: nn.Module) -> list[FSDPModule]:
     fully_shard(model)
     units = [*units, model]
     for unit in units:
-        unit.set_gradient_divide_factor(1.0)  # SUM: the losses already carry 1 / global batch
+        # A plain SUM: the losses already carry 1 / global batch. (Forcing SUM also keeps FSDP
+        # off PREMUL_SUM, which gloo lacks.)
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)
     return units
 
 
