@@ -29,6 +29,7 @@ from cluster.weight_sync import (
     receive_weights,
     send_weights,
 )
+from dllm import resolve_dtype
 from dllm.weights import state_from_buckets
 from learner.sharding import gather_full_state, load_full_state
 
@@ -183,7 +184,9 @@ class VerifierActor:
 class LearnerActor:
     """One learner rank. With `learner.sharding=fsdp` its policy is sharded across the group; the
     full weights that leave it (rollout sync, checkpoints) are then a copy gathered on the CPU of
-    rank 0 after every change, `self.full_state`, since gathering needs every rank at once."""
+    rank 0 after every change, `self.full_state`, since gathering needs every rank at once.
+    With `learner.compute_dtype` the learner's weights are fp32 and rollout workers get them
+    cast to model.dtype."""
 
     def __init__(self, rank: int, world_size: int, config: dict) -> None:
         self.rank, self.world_size = rank, world_size
@@ -191,7 +194,10 @@ class LearnerActor:
         self.sharded = self.config.learner.sharding == "fsdp"
         set_threads(self.config.learner.num_cpus, self.config.learner.num_threads)
         _quiet_transformers()
-        self.policy = build_policy(self.config)
+        self.master_dtype = "fp32" if self.config.learner.compute_dtype else None
+        self.policy = build_policy(self.config, dtype=self.master_dtype)
+        # What rollout workers hold: model.dtype (None: the learner's own dtype).
+        self.export_dtype = resolve_dtype(self.config.model.dtype, self.policy.device) if self.master_dtype else None
         self.worker = None
         self.sync: SyncGroup | None = None
         self.buckets = None
@@ -236,7 +242,7 @@ class LearnerActor:
         # loads the result into its shard; the others get it from the driver, as replicas do.
         policy = self.policy
         if self.sharded:
-            policy = build_policy(self.config)
+            policy = build_policy(self.config, dtype=self.master_dtype)
             load_full_state(policy.model, self.full_state)
         # Nothing else runs during the warm start: use every core of the node, then give them back.
         torch.set_num_threads(os.cpu_count() or 1)
@@ -278,8 +284,16 @@ class LearnerActor:
         return self.policy.model.state_dict()
 
     def weight_plan(self) -> list:
-        self.buckets = plan_for(self.weight_state(), self.config.weight_sync.bucket_mb)
+        """The bucket plan rollout workers receive, in their dtype (pack_bucket casts into it)."""
+        self.buckets = self._plan(self.export_dtype)
         return self.buckets
+
+    def _plan(self, dtype: torch.dtype | None) -> list:
+        state = self.weight_state()
+        if dtype is not None:  # shapes and dtypes are all a plan needs: meta tensors, no copies
+            state = {k: torch.empty_like(v, device="meta", dtype=dtype if v.is_floating_point() else v.dtype)
+                     for k, v in state.items()}
+        return plan_for(state, self.config.weight_sync.bucket_mb)
 
     def sync_endpoint(self, epoch: int, world_size: int) -> SyncGroupSpec:
         backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
@@ -296,8 +310,10 @@ class LearnerActor:
         sent = send_weights(self.sync, self.weight_state(), self.buckets or self.weight_plan())
         return {"seconds": time.perf_counter() - start, "bytes": sent}
 
-    def numpy_weights(self) -> tuple[list, list[np.ndarray]]:
-        buckets = self.buckets or self.weight_plan()
+    def numpy_weights(self, exact: bool = False) -> tuple[list, list[np.ndarray]]:
+        """The weights as object-store buckets: for rollout workers, or `exact` (the learner's
+        own dtype) for the other learner ranks."""
+        buckets = self._plan(None) if exact else self.buckets or self.weight_plan()
         return buckets, numpy_buckets(self.weight_state(), buckets)
 
     def load_numpy_weights(self, payload: tuple) -> bool:

@@ -142,6 +142,11 @@ class LearnerConfig(Section):
     """replicate: every rank holds the whole model and optimizer (gradients all-reduced).
     fsdp: FSDP2 shards weights, gradients and optimizer state over the ranks, for models that do
     not fit one device (LLaDA-8B full fine-tuning)."""
+    compute_dtype: Literal["bf16", "fp16"] | None = None
+    """fsdp only: forward and backward run in this dtype while the learner keeps fp32 weights,
+    gradients and AdamW state (FSDP2 mixed precision). Use it with a bf16 model: bf16 weights
+    cannot take updates as small as lr 5e-7. Rollout workers still get model.dtype weights.
+    None: the learner trains in model.dtype."""
     num_threads: int | None = 2
     """torch intra-op threads per learner rank (None: num_cpus). In synchronous mode the rollout
     actors are idle while the learner trains, so on a small CPU node it may use every core."""
@@ -169,6 +174,12 @@ class LearnerConfig(Section):
     """Gradient all-reduce bucket size across learner ranks."""
     diffu_grpo: DiffuGRPOSection = DiffuGRPOSection()
     """Settings of the diffu_grpo baseline objective (ignored by bgpo and elbo_ratio)."""
+
+    @model_validator(mode="after")
+    def _mixed_precision_needs_fsdp(self) -> LearnerConfig:
+        if self.compute_dtype is not None and self.sharding != "fsdp":
+            raise ValueError("learner.compute_dtype (fp32 master weights) needs learner.sharding=fsdp")
+        return self
 
 
 class WarmupConfig(Section):

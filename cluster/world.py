@@ -94,7 +94,7 @@ class World:
             stats = ray.get(self.learners[0].warm_start.remote(examples, gen_length))
             self.log(f"[warmup] done: {stats}")
             if len(self.learners) > 1:
-                payload = self.learners[0].numpy_weights.remote()
+                payload = self.learners[0].numpy_weights.remote(exact=True)
                 ray.get([a.load_numpy_weights.remote(payload) for a in self.learners[1:]])
         return 0, DataCursor()
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 SHARDING_MODES = ("replicate", "fsdp")
@@ -38,16 +38,23 @@ def block_classes(model: nn.Module) -> set[str]:
     return present
 
 
-def shard_model(model: nn.Module) -> list[FSDPModule]:
+def shard_model(model: nn.Module, compute_dtype: torch.dtype | None = None) -> list[FSDPModule]:
     """Shard `model` in place over the default process group: one FSDP unit per block, then
-    the root (embeddings, final norm, head). Returns every FSDP unit, root last."""
+    the root (embeddings, final norm, head). Returns every FSDP unit, root last.
+
+    `compute_dtype`: forward and backward run in it while the stored weights, their gradients and
+    so the optimizer state keep the model's own dtype (fp32 master weights); gradients are
+    reduced in fp32."""
     if not dist.is_initialized():
         raise RuntimeError("learner.sharding=fsdp needs an initialised torch.distributed group")
     names = block_classes(model)
     units = [m for m in model.modules() if type(m).__name__ in names]
+    mp_policy = MixedPrecisionPolicy()
+    if compute_dtype is not None:
+        mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     for unit in units:
-        fully_shard(unit)
-    fully_shard(model)
+        fully_shard(unit, mp_policy=mp_policy)
+    fully_shard(model, mp_policy=mp_policy)
     units = [*units, model]
     for unit in units:
         # A plain SUM: the losses already carry 1 / global batch. (Forcing SUM also keeps FSDP

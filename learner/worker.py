@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dllm.precision import resolve_dtype
 from learner.advantages import group_advantages
 from learner.batch import TrainBatch
 from learner.diffu_grpo import draw_prompt_masks, token_logps, token_logps_no_grad
@@ -67,12 +68,15 @@ class LearnerConfig:
     dual_clip: float | None = 3.0  # dual clip for A < 0, only used when clip_eps is set
     bucket_bytes: int = 25 * 2**20  # gradient all-reduce bucket size
     sharding: str = "replicate"  # "replicate" (whole model per rank) or "fsdp" (learner/sharding.py)
+    compute_dtype: str | None = None  # fsdp only: forward/backward dtype over the stored weights
     diffu_grpo: DiffuGRPOConfig = field(default_factory=DiffuGRPOConfig)
 
     def __post_init__(self) -> None:
         get_objective(self.objective)  # fails early with the registered names
         if self.sharding not in SHARDING_MODES:
             raise ValueError(f"sharding must be one of {SHARDING_MODES}, got {self.sharding!r}")
+        if self.compute_dtype is not None and self.sharding != "fsdp":
+            raise ValueError("compute_dtype (mixed precision) needs sharding='fsdp'")
         for name in ("n_t", "micro_batch_size", "mc_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -135,9 +139,10 @@ class LearnerWorker:
             reference_policy = copy.deepcopy(policy).eval().requires_grad_(False)
         if self.sharded:
             # Shard before the optimizer exists: it must hold the sharded parameters.
-            shard_model(policy.model)
+            compute = resolve_dtype(config.compute_dtype, self.device) if config.compute_dtype else None
+            shard_model(policy.model, compute)
             if reference_policy is not None:
-                shard_model(reference_policy.model)
+                shard_model(reference_policy.model, compute)
         self.reference_policy = reference_policy
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(

@@ -109,3 +109,15 @@ def test_sharded_learners_train_and_resume_like_one_replica(ray_local, tiny_run)
     # The sharded runs sampled with the weights they trained: their reward curves match too.
     assert [r["train/reward_mean"] for r in _step_records(fsdp.run_dir)] == pytest.approx(
         [r["train/reward_mean"] for r in _step_records(one.run_dir)])
+
+
+def test_mixed_precision_learner_feeds_bf16_rollouts(ray_local, tiny_run):
+    # fp32 master weights on sharded learners, bf16 everywhere else: the rollout workers load
+    # every version (cast to bf16 in the buckets) and the checkpoint keeps the fp32 weights.
+    config = tiny_run("mixed", "model.dtype=bf16", "learner.num_workers=2", "learner.sharding=fsdp",
+                      "learner.compute_dtype=bf16", "warmup.steps=0", "trainer.eval_limit=2")
+    train(config)
+    for record in _step_records(config.run_dir):
+        assert record["rollout/version_min"] == record["rollout/version_max"] == record["step"] - 1
+    saved = load_file(str(config.run_dir / "checkpoints" / "global_step_2" / "policy" / "model.safetensors"))
+    assert {v.dtype for v in saved.values()} == {torch.float32}

@@ -129,3 +129,43 @@ def test_a_model_without_block_classes_cannot_be_sharded():
 def test_unknown_sharding_mode_is_named():
     with pytest.raises(ValueError, match="sharding"):
         LearnerConfig(sharding="zero3")
+
+
+def _mixed_precision_main(rank: int, init_file: str, batch: TrainBatch, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=0, world_size=1)
+    try:
+        policy = build_tiny_policy(hidden_size=32, num_layers=2, num_heads=4, seed=0, dtype=torch.float32)
+        config = LearnerConfig(**{**BASE, "lr": 1e-6}, sharding="fsdp", compute_dtype="bf16")
+        worker = LearnerWorker(policy, config, process_group=dist.group.WORLD)
+        seen = []
+        layer = policy.model.model.layers[0].mlp.down_proj
+        layer.register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
+        worker.step(batch)
+        torch.save({"weights": gather_full_state(policy), "compute": seen}, os.path.join(out_dir, "mixed.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _changed_fraction(after: dict, before: dict) -> float:
+    changed = sum(int((after[k].float() != v.float()).sum()) for k, v in before.items())
+    return changed / sum(v.numel() for v in before.values())
+
+
+def test_mixed_precision_keeps_fp32_master_weights(make_batch, tmp_path: Path):
+    # At lr 1e-6 most bf16 weights cannot move (the spacing of bf16 near 0.02 is ~1e-4): the
+    # update is lost. fp32 master weights with bf16 compute take it.
+    batch = make_batch(_policy(), n_groups=4, group_size=2)
+
+    bf16 = build_tiny_policy(hidden_size=32, num_layers=2, num_heads=4, seed=0, dtype=torch.bfloat16)
+    before = {k: v.clone() for k, v in bf16.state_dict().items()}
+    LearnerWorker(bf16, LearnerConfig(**{**BASE, "lr": 1e-6})).step(batch)
+    lost = 1 - _changed_fraction(bf16.state_dict(), before)
+
+    mp.spawn(_mixed_precision_main, args=(str(tmp_path / "init"), batch, str(tmp_path)), nprocs=1, join=True)
+    mixed = torch.load(tmp_path / "mixed.pt", weights_only=False)
+    assert mixed["compute"] and set(mixed["compute"]) == {torch.bfloat16}  # forward ran in bf16
+    start = build_tiny_policy(hidden_size=32, num_layers=2, num_heads=4, seed=0, dtype=torch.float32).state_dict()
+    assert all(v.dtype == torch.float32 for v in mixed["weights"].values())
+    taken = _changed_fraction(mixed["weights"], start)
+    assert lost > 0.5 and taken > 0.9, (lost, taken)
