@@ -4,6 +4,10 @@
     -> zero_grad -> micro-batches x MC chunks, each weighted |mb| / global_batch_size
     -> all-reduce SUM (world_size > 1) -> clip_grad_norm_ -> skip if non-finite -> AdamW
 
+With `sharding="fsdp"` the policy is sharded (learner/sharding.py): gradients are reduce-scattered
+in each backward instead of all-reduced at the end, and every rank's shard of the batch is padded
+with ghost rows to the longest one, so that all ranks run the same passes.
+
 `bgpo` back-propagates every chunk of MC samples as soon as it is built (one chunk's graph alive
 at a time); `elbo_ratio` keeps all n_t graphs of a micro-batch alive and back-propagates once;
 `diffu_grpo` runs its own inner iterations (several optimizer steps per batch).
@@ -207,12 +211,12 @@ class LearnerWorker:
         if batch.masks is None:
             masks = draw_masks(len(batch), self.config.n_t, batch.response_length, self.generator)
             batch.masks, batch.ell_old = masks.to(self.device), None
-        batch = self._in_step(batch)
+        batch = self._pad_to_longest_shard(batch)
         if batch.ell_old is None:
             batch.ell_old = self.old_terms(batch)
         return batch
 
-    def _in_step(self, batch: TrainBatch) -> TrainBatch:
+    def _pad_to_longest_shard(self, batch: TrainBatch) -> TrainBatch:
         """Sharded: pad to the longest shard of the group (ghost rows), so every rank runs the
         same number of forwards and backwards and no weight all-gather waits forever."""
         if not self.sharded or self.world_size == 1:
@@ -381,7 +385,7 @@ class LearnerWorker:
         batch = batch.to(self.device)
         if batch.advantages is None:
             batch.advantages = group_advantages(batch.rewards, batch.group_ids)
-        batch = self._in_step(batch)
+        batch = self._pad_to_longest_shard(batch)
         mbs = self.config.micro_batch_size
         prompt_masks = [
             draw_prompt_masks(
