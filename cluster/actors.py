@@ -29,6 +29,9 @@ from cluster.weight_sync import (
     receive_weights,
     send_weights,
 )
+from dllm import resolve_dtype
+from dllm.weights import state_from_buckets
+from learner.sharding import gather_full_state, load_full_state
 
 
 def _quiet_transformers() -> None:
@@ -44,21 +47,16 @@ def sampling_config(section):
 
 
 def learner_config(config: RunConfig):
+    """The learner's dataclass from the run's `learner` section: every dataclass field but the
+    seed has a section field of the same name (tests/cluster/test_config.py checks it); the
+    resources (num_workers, num_cpus, ...) stay with the actor."""
+    from dataclasses import fields
+
     from learner.worker import LearnerConfig
 
-    lc = config.learner
-    return LearnerConfig(
-        objective=lc.objective,
-        n_t=lc.n_t,
-        micro_batch_size=lc.micro_batch_size,
-        mc_chunk=lc.mc_chunk,
-        lr=lc.lr,
-        weight_decay=lc.weight_decay,
-        betas=tuple(lc.betas),
-        grad_clip=lc.grad_clip,
-        seed=config.seed,
-        clip_eps=lc.clip_eps,
-    )
+    section = config.learner.model_dump()
+    names = {f.name for f in fields(LearnerConfig)} - {"seed"}
+    return LearnerConfig(seed=config.seed, **{name: section[name] for name in names})
 
 
 class _WeightReceiver:
@@ -184,15 +182,26 @@ class VerifierActor:
 
 
 class LearnerActor:
+    """One learner rank. With `learner.sharding=fsdp` its policy is sharded across the group; the
+    full weights that leave it (rollout sync, checkpoints) are then a copy gathered on the CPU of
+    rank 0 after every change, `self.full_state`, since gathering needs every rank at once.
+    With `learner.compute_dtype` the learner's weights are fp32 and rollout workers get them
+    cast to model.dtype."""
+
     def __init__(self, rank: int, world_size: int, config: dict) -> None:
         self.rank, self.world_size = rank, world_size
         self.config = RunConfig.model_validate(config)
+        self.sharded = self.config.learner.sharding == "fsdp"
         set_threads(self.config.learner.num_cpus, self.config.learner.num_threads)
         _quiet_transformers()
-        self.policy = build_policy(self.config)
+        self.master_dtype = "fp32" if self.config.learner.compute_dtype else None
+        self.policy = build_policy(self.config, dtype=self.master_dtype)
+        # What rollout workers hold: model.dtype (None: the learner's own dtype).
+        self.export_dtype = resolve_dtype(self.config.model.dtype, self.policy.device) if self.master_dtype else None
         self.worker = None
         self.sync: SyncGroup | None = None
         self.buckets = None
+        self.full_state: dict | None = None
 
     def __repr__(self) -> str:
         return f"LearnerActor(learner-{self.rank}/{self.world_size})"
@@ -202,11 +211,12 @@ class LearnerActor:
         return ray.util.get_node_ip_address(), free_port()
 
     def init_group(self, host: str, port: int) -> bool:
-        """Join the learners' torch.distributed group (gloo on CPU, NCCL on GPU), then build the worker."""
+        """Join the learners' torch.distributed group (gloo on CPU, NCCL on GPU), then build the
+        worker (which shards the policy under fsdp: every rank calls this at once)."""
         from learner.worker import LearnerWorker
 
         group = None
-        if self.world_size > 1:
+        if self.world_size > 1 or self.sharded:
             backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
             dist.init_process_group(
                 backend,
@@ -219,6 +229,7 @@ class LearnerActor:
         self.worker = LearnerWorker(
             self.policy, learner_config(self.config), rank=self.rank, world_size=self.world_size, process_group=group
         )
+        self._gather_full_state()
         return True
 
     def warm_start(self, examples: tuple, response_length: int) -> dict:
@@ -227,25 +238,62 @@ class LearnerActor:
         from learner.sft import warm_start
 
         wc = self.config.warmup
+        # Sharded, rank 0 trains a plain copy alone (the tiny model only has a warm start) and
+        # loads the result into its shard; the others get it from the driver, as replicas do.
+        policy = self.policy
+        if self.sharded:
+            policy = build_policy(self.config, dtype=self.master_dtype)
+            load_full_state(policy.model, self.full_state)
         # Nothing else runs during the warm start: use every core of the node, then give them back.
         torch.set_num_threads(os.cpu_count() or 1)
         try:
-            return warm_start(
-                self.policy, examples, response_length, max_steps=wc.steps, lr=wc.lr,
+            stats = warm_start(
+                policy, examples, response_length, max_steps=wc.steps, lr=wc.lr,
                 seconds=wc.max_seconds, batch_size=wc.batch_size, seed=self.config.seed,
             )
         finally:
             set_threads(self.config.learner.num_cpus, self.config.learner.num_threads)
+        if self.sharded:
+            self._load_full_state(policy.model.state_dict())
+        return stats
 
     def train_step(self, batch) -> dict:
-        return self.worker.step(batch.to(self.policy.device))
+        metrics = self.worker.step(batch.to(self.policy.device))
+        self._gather_full_state()
+        return metrics
 
     # ---- weights out ------------------------------------------------------------------------
 
+    def _gather_full_state(self) -> None:
+        """Sharded: every rank takes part in the gather; rank 0 keeps the copy."""
+        if self.sharded:
+            state = gather_full_state(self.policy.model)
+            self.full_state = state if self.rank == 0 else None
+
+    def _load_full_state(self, state: dict) -> None:
+        load_full_state(self.policy.model, state)
+        if self.sharded and self.rank == 0:
+            self.full_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+    def weight_state(self) -> dict:
+        """The weights rollout workers load, keyed as policy.model's state dict."""
+        if self.sharded:
+            if self.full_state is None:
+                raise RuntimeError(f"learner-{self.rank} holds a shard only: weights leave from rank 0")
+            return self.full_state
+        return self.policy.model.state_dict()
+
     def weight_plan(self) -> list:
-        # Weights travel as the state of policy.model, the module the rollout worker loads into.
-        self.buckets = plan_for(self.policy.model, self.config.weight_sync.bucket_mb)
+        """The bucket plan rollout workers receive, in their dtype (pack_bucket casts into it)."""
+        self.buckets = self._plan(self.export_dtype)
         return self.buckets
+
+    def _plan(self, dtype: torch.dtype | None) -> list:
+        state = self.weight_state()
+        if dtype is not None:  # shapes and dtypes are all a plan needs: meta tensors, no copies
+            state = {k: torch.empty_like(v, device="meta", dtype=dtype if v.is_floating_point() else v.dtype)
+                     for k, v in state.items()}
+        return plan_for(state, self.config.weight_sync.bucket_mb)
 
     def sync_endpoint(self, epoch: int, world_size: int) -> SyncGroupSpec:
         backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
@@ -259,26 +307,37 @@ class LearnerActor:
 
     def send_weights(self) -> dict:
         start = time.perf_counter()
-        sent = send_weights(self.sync, self.policy.model, self.buckets or self.weight_plan())
+        sent = send_weights(self.sync, self.weight_state(), self.buckets or self.weight_plan())
         return {"seconds": time.perf_counter() - start, "bytes": sent}
 
-    def numpy_weights(self) -> tuple[list, list[np.ndarray]]:
-        buckets = self.buckets or self.weight_plan()
-        return buckets, numpy_buckets(self.policy.model, buckets)
+    def numpy_weights(self, exact: bool = False) -> tuple[list, list[np.ndarray]]:
+        """The weights as object-store buckets: for rollout workers, or `exact` (the learner's
+        own dtype) for the other learner ranks."""
+        buckets = self._plan(None) if exact else self.buckets or self.weight_plan()
+        return buckets, numpy_buckets(self.weight_state(), buckets)
 
     def load_numpy_weights(self, payload: tuple) -> bool:
         buckets, arrays = payload
-        load_buckets_into(self.policy.model, buckets, arrays)
+        if self.sharded:
+            self._load_full_state(state_from_buckets(buckets, arrays))
+        else:
+            load_buckets_into(self.policy.model, buckets, arrays)
         return True
 
     # ---- checkpoints ------------------------------------------------------------------------
 
-    def save_checkpoint(self, run_dir: str, step: int, trainer_state: dict, keep_last: int) -> str:
+    def save_checkpoint(self, run_dir: str, step: int, trainer_state: dict, keep_last: int) -> str | None:
+        """Rank 0 writes. Sharded, every rank must call it (the optimizer state is gathered);
+        the others return None."""
         from cluster.checkpoint import save_checkpoint
 
+        learner_state = self.worker.state_dict()
+        if self.rank != 0:
+            return None
         path = save_checkpoint(
-            run_dir, step, policy=self.policy, learner_state=self.worker.state_dict(),
+            run_dir, step, policy=self.policy, learner_state=learner_state,
             trainer_state=trainer_state, keep_last=keep_last,
+            weights=self.full_state if self.sharded else None,
         )
         return str(path)
 
@@ -288,7 +347,7 @@ class LearnerActor:
         from cluster.checkpoint import load_learner_state
         from dllm import load_policy
 
-        saved = load_policy(Path(path) / "policy", device=self.policy.device, dtype=self.policy.dtype)
-        self.policy.load_state_dict(saved.state_dict())
+        saved = load_policy(Path(path) / "policy", device="cpu", dtype=self.policy.dtype)
+        self._load_full_state(saved.model.state_dict())
         self.worker.load_state_dict(load_learner_state(path))
         return True

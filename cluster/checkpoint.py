@@ -29,14 +29,16 @@ def save_checkpoint(
     learner_state: dict,
     trainer_state: dict,
     keep_last: int,
+    weights: dict | None = None,
 ) -> Path:
-    """Write atomically, point `latest` at it, prune old ones. Returns the checkpoint folder."""
+    """Write atomically, point `latest` at it, prune old ones. Returns the checkpoint folder.
+    `weights`: the full state of policy.model when the policy itself holds only a shard."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "optimizer").mkdir(parents=True)
-    policy.save_pretrained(tmp / "policy")
+    policy.save_pretrained(tmp / "policy", state_dict=weights)
     torch.save(learner_state, tmp / "optimizer" / "learner_state.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
     if final.exists():

@@ -120,6 +120,17 @@ class RewardsConfig(Section):
     """Run code without the sandbox when none works (explicit opt-in)."""
 
 
+class DiffuGRPOSection(Section):
+    clip_eps: float = 0.5
+    """Token-level ratio clip (d1; bgpo.md section 8)."""
+    beta: float = Field(0.04, ge=0)
+    """KL(pi || pi_ref) weight, k3 estimator; 0 needs no reference policy."""
+    iterations: int = Field(12, ge=1)
+    """Inner optimizer steps per rollout batch (d1's mu)."""
+    prompt_mask_prob: float = Field(0.15, ge=0, le=1)
+    """Each real prompt token is masked with this probability in every log-prob estimate."""
+
+
 class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1)
     """Learner ranks in one torch.distributed group (gloo on CPU, NCCL on GPU)."""
@@ -127,6 +138,15 @@ class LearnerConfig(Section):
     """CPUs reserved per learner rank."""
     num_gpus: float = 0.0
     """GPUs reserved per learner rank."""
+    sharding: Literal["replicate", "fsdp"] = "replicate"
+    """replicate: every rank holds the whole model and optimizer (gradients all-reduced).
+    fsdp: FSDP2 shards weights, gradients and optimizer state over the ranks, for models that do
+    not fit one device (LLaDA-8B full fine-tuning)."""
+    compute_dtype: Literal["bf16", "fp16"] | None = None
+    """fsdp only: forward and backward run in this dtype while the learner keeps fp32 weights,
+    gradients and AdamW state (FSDP2 mixed precision). Use it with a bf16 model: bf16 weights
+    cannot take updates as small as lr 5e-7. Rollout workers still get model.dtype weights.
+    None: the learner trains in model.dtype."""
     num_threads: int | None = 2
     """torch intra-op threads per learner rank (None: num_cpus). In synchronous mode the rollout
     actors are idle while the learner trains, so on a small CPU node it may use every core."""
@@ -148,6 +168,18 @@ class LearnerConfig(Section):
     """Global gradient-norm clip."""
     clip_eps: float | None = None
     """PPO-style ratio clipping for stale samples (None: off, inert on-policy anyway)."""
+    dual_clip: float | None = 3.0
+    """Dual clip for A < 0, used only when clip_eps is set (None: off)."""
+    bucket_bytes: int = Field(25 * 2**20, ge=1)
+    """Gradient all-reduce bucket size across learner ranks."""
+    diffu_grpo: DiffuGRPOSection = DiffuGRPOSection()
+    """Settings of the diffu_grpo baseline objective (ignored by bgpo and elbo_ratio)."""
+
+    @model_validator(mode="after")
+    def _mixed_precision_needs_fsdp(self) -> LearnerConfig:
+        if self.compute_dtype is not None and self.sharding != "fsdp":
+            raise ValueError("learner.compute_dtype (fp32 master weights) needs learner.sharding=fsdp")
+        return self
 
 
 class WarmupConfig(Section):

@@ -7,9 +7,11 @@ import torch
 from dllm import Policy, build_tiny_policy, load_policy, resolve_device, resolve_dtype
 
 
-def build_policy(config, *, path: str | None = None) -> Policy:
-    """`path` (a checkpoint's policy/ folder) wins over the configured model."""
+def build_policy(config, *, path: str | None = None, dtype: str | None = None) -> Policy:
+    """`path` (a checkpoint's policy/ folder) wins over the configured model; `dtype` over
+    model.dtype (a learner keeping fp32 master weights)."""
     device = resolve_device(config.device)
+    dtype = dtype or config.model.dtype
     source = path or config.model.name_or_path
     if source == "tiny":
         tiny = config.model.tiny
@@ -18,11 +20,11 @@ def build_policy(config, *, path: str | None = None) -> Policy:
             num_layers=tiny.num_layers,
             num_heads=tiny.num_heads,
             seed=config.seed,
-            dtype=resolve_dtype(config.model.dtype, device),
+            dtype=resolve_dtype(dtype, device),
         )
         return policy.to(device)
     return load_policy(
-        source, device=device, dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code
+        source, device=device, dtype=dtype, trust_remote_code=config.model.trust_remote_code
     )
 
 

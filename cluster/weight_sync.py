@@ -69,17 +69,20 @@ class SyncGroup:
         self._store = None
 
 
-def plan_for(module: torch.nn.Module, bucket_mb: int) -> list[WeightBucket]:
-    return plan_buckets(module.state_dict().items(), bucket_bytes=bucket_mb * 2**20)
+# The learner side passes a state dict: its module's own, or (sharded learners) a gathered copy.
+StateDict = dict[str, torch.Tensor]
+
+
+def plan_for(state: StateDict, bucket_mb: int) -> list[WeightBucket]:
+    return plan_buckets(state.items(), bucket_bytes=bucket_mb * 2**20)
 
 
 @torch.no_grad()
-def send_weights(group: SyncGroup, module: torch.nn.Module, buckets: list[WeightBucket]) -> int:
+def send_weights(group: SyncGroup, state: StateDict, buckets: list[WeightBucket]) -> int:
     """Root side: pack and broadcast every bucket; returns bytes sent per receiver."""
-    state = module.state_dict()
     sent = 0
     for bucket in buckets:
-        flat = pack_bucket(bucket, state)
+        flat = pack_bucket(bucket, state).to(group.device)  # a gathered copy may sit on the CPU
         group.broadcast(flat)
         sent += bucket.nbytes
     return sent
@@ -97,9 +100,8 @@ def receive_weights(group: SyncGroup, buckets: list[WeightBucket]) -> list[torch
     return flats
 
 
-def numpy_buckets(module: torch.nn.Module, buckets: list[WeightBucket]) -> list:
+def numpy_buckets(state: StateDict, buckets: list[WeightBucket]) -> list:
     """The object-store path: numpy views of the packed buckets (bf16 travels as int16 bits)."""
-    state = module.state_dict()
     return [to_numpy(pack_bucket(b, state)) for b in buckets]
 
 

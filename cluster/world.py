@@ -94,7 +94,7 @@ class World:
             stats = ray.get(self.learners[0].warm_start.remote(examples, gen_length))
             self.log(f"[warmup] done: {stats}")
             if len(self.learners) > 1:
-                payload = self.learners[0].numpy_weights.remote()
+                payload = self.learners[0].numpy_weights.remote(exact=True)
                 ray.get([a.load_numpy_weights.remote(payload) for a in self.learners[1:]])
         return 0, DataCursor()
 
@@ -105,7 +105,7 @@ class World:
         start = time.perf_counter()
         for attempt in range(2):
             try:
-                sent = self._sync_once(version)
+                sent = self.publisher.push(self.rollouts.actors, version)
                 break
             except ray.exceptions.RayError as err:
                 if attempt:
@@ -115,9 +115,6 @@ class World:
         self.version = version
         return {"perf/weight_sync_seconds": time.perf_counter() - start, "perf/weight_sync_bytes": sent,
                 "perf/weight_sync_backend": self.config.weight_sync.backend}
-
-    def _sync_once(self, version: int) -> int:
-        return self.publisher.push(self.rollouts.actors, version)
 
     def _load_current_weights(self, names: list[str]) -> None:
         self.publisher.push_object_store({n: self.rollouts.actors[n] for n in names}, self.version)
@@ -190,8 +187,10 @@ class World:
     def checkpoint(self, step: int, cursor: dict, accounting) -> str:
         state = {"step": step, "version": self.version, "cursor": cursor, "accounting": dict(accounting),
                  "run_name": self.config.run_name, "saved_at": time.time()}
-        path = ray.get(self.learners[0].save_checkpoint.remote(
-            str(self.run_dir), step, state, self.config.checkpoint.keep_last))
+        # Sharded learners gather the optimizer state together; rank 0 writes.
+        writers = self.learners if self.config.learner.sharding == "fsdp" else self.learners[:1]
+        path = ray.get([a.save_checkpoint.remote(str(self.run_dir), step, state, self.config.checkpoint.keep_last)
+                        for a in writers])[0]
         self.log(f"[checkpoint] {path}")
         return path
 

@@ -101,10 +101,13 @@ class Policy(nn.Module):
             extra["attention_mask"] = mask
         return extra
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Weights (safetensors), config and tokenizer, loadable with `load_policy(path)`."""
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        """Weights (safetensors), config and tokenizer, loadable with `load_policy(path)`.
+        `state_dict` replaces the model's own (a sharded model's gathered weights)."""
         path = Path(path)
-        self.model.save_pretrained(path, safe_serialization=True)
+        if state_dict is not None:
+            state_dict = dict(state_dict)  # transformers empties the dict it is given as it writes
+        self.model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
 

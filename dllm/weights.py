@@ -127,14 +127,20 @@ def load_buckets_into(
     module: nn.Module, buckets: list[WeightBucket], flats: list[torch.Tensor | np.ndarray]
 ) -> None:
     """Copy every bucket into the module's tensors; validates the whole update before copying any."""
+    validate_buckets(module, buckets)
+    update = state_from_buckets(buckets, flats)
+    state = module.state_dict()  # tensors share storage with the parameters and buffers
+    for name, value in update.items():
+        state[name].copy_(value)
+
+
+def state_from_buckets(
+    buckets: list[WeightBucket], flats: list[torch.Tensor | np.ndarray]
+) -> dict[str, torch.Tensor]:
+    """Every tensor of the update by name, as views into the buffers (no copy)."""
     if len(buckets) != len(flats):
         raise ValueError(f"{len(buckets)} bucket plans but {len(flats)} buffers")
-    validate_buckets(module, buckets)
-    views = [
-        unpack_bucket(b, from_numpy(b, f) if isinstance(f, np.ndarray) else f)
-        for b, f in zip(buckets, flats, strict=True)
-    ]
-    state = module.state_dict()  # tensors share storage with the parameters and buffers
-    for named in views:
-        for name, value in named.items():
-            state[name].copy_(value)
+    state = {}
+    for bucket, flat in zip(buckets, flats, strict=True):
+        state.update(unpack_bucket(bucket, from_numpy(bucket, flat) if isinstance(flat, np.ndarray) else flat))
+    return state

@@ -39,6 +39,7 @@ class TrainBatch:
     )
     masks: torch.Tensor | None = None  # [N, n_t, L] bool; True = masked; drawn if None (section 2)
     ell_old: torch.Tensor | None = None  # [N, n_t] float; behaviour-policy ELBO terms for `masks`
+    live: torch.Tensor | None = None  # [N] bool; False on ghost rows (see pad_to); None = all live
 
     def __post_init__(self) -> None:
         n, t = self.input_ids.shape
@@ -48,7 +49,7 @@ class TrainBatch:
             )
         if not 0 < self.response_length <= t:
             raise ValueError(f"response_length {self.response_length} not in 1..{t}")
-        for name in ("rewards", "group_ids", "policy_versions", "advantages"):
+        for name in ("rewards", "group_ids", "policy_versions", "advantages", "live"):
             value = getattr(self, name)
             if value is not None and value.shape != (n,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({n},)")
@@ -65,8 +66,11 @@ class TrainBatch:
                 raise ValueError(
                     f"ell_old {tuple(self.ell_old.shape)} != masks[:2] {tuple(self.masks.shape[:2])}"
                 )
-        if self.global_batch_size < n:
-            raise ValueError(f"global_batch_size {self.global_batch_size} < rows on this rank {n}")
+        live_rows = n if self.live is None else int(self.live.sum())
+        if self.global_batch_size < live_rows:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} < rows on this rank {live_rows}"
+            )
         if not bool(self.attention_mask[:, -self.response_length :].bool().all()):
             raise ValueError("response positions must all be real tokens (attention_mask 1)")
 
@@ -80,10 +84,40 @@ class TrainBatch:
 
     def select(self, index: torch.Tensor | slice) -> TrainBatch:
         """Rows `index` (a slice or a LongTensor) of every per-row field; scalars are kept."""
+        return TrainBatch(**self._rows(index))
+
+    def _rows(self, index: torch.Tensor | slice) -> dict:
         values = {}
         for f in fields(self):
             value = getattr(self, f.name)
             values[f.name] = value[index] if isinstance(value, torch.Tensor) else value
+        return values
+
+    @property
+    def live_mask(self) -> torch.Tensor:
+        """[N] bool, True on real rows."""
+        if self.live is None:
+            return torch.ones(len(self), dtype=torch.bool, device=self.input_ids.device)
+        return self.live
+
+    def pad_to(self, n: int) -> TrainBatch:
+        """This batch with ghost rows appended up to `n` rows: copies of row 0 with advantage 0
+        and `live` False, so they add nothing to a bgpo or elbo_ratio gradient and are left out
+        of every metric. Sharded learners use them to run the same number of passes per rank.
+        Needs advantages (ghosts must not enter the group statistics)."""
+        if self.advantages is None:
+            raise ValueError("pad_to needs advantages computed from the real rows first")
+        extra = n - len(self)
+        if extra < 0:
+            raise ValueError(f"cannot pad {len(self)} rows down to {n}")
+        if extra == 0:
+            return self
+        device = self.input_ids.device
+        index = torch.cat([torch.arange(len(self)), torch.zeros(extra, dtype=torch.long)])
+        values = self._rows(index.to(device))
+        live = torch.cat([self.live_mask, torch.zeros(extra, dtype=torch.bool, device=device)])
+        values["live"] = live
+        values["advantages"] = torch.where(live, values["advantages"], 0.0)
         return TrainBatch(**values)
 
     def to(self, device: torch.device | str) -> TrainBatch:

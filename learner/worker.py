@@ -4,6 +4,10 @@
     -> zero_grad -> micro-batches x MC chunks, each weighted |mb| / global_batch_size
     -> all-reduce SUM (world_size > 1) -> clip_grad_norm_ -> skip if non-finite -> AdamW
 
+With `sharding="fsdp"` the policy is sharded (learner/sharding.py): gradients are reduce-scattered
+in each backward instead of all-reduced at the end, and every rank's shard of the batch is padded
+with ghost rows to the longest one, so that all ranks run the same passes.
+
 `bgpo` back-propagates every chunk of MC samples as soon as it is built (one chunk's graph alive
 at a time); `elbo_ratio` keeps all n_t graphs of a micro-batch alive and back-propagates once;
 `diffu_grpo` runs its own inner iterations (several optimizer steps per batch).
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dllm.precision import resolve_dtype
 from learner.advantages import group_advantages
 from learner.batch import TrainBatch
 from learner.diffu_grpo import draw_prompt_masks, token_logps, token_logps_no_grad
@@ -32,6 +37,13 @@ from learner.objectives import (
     diffu_grpo_objective,
     elbo_ratio_objective,
     get_objective,
+)
+from learner.sharding import (
+    SHARDING_MODES,
+    full_norm,
+    gather_optimizer_state,
+    load_optimizer_state,
+    shard_model,
 )
 
 
@@ -59,10 +71,16 @@ class LearnerConfig:
     )
     dual_clip: float | None = 3.0  # dual clip for A < 0, only used when clip_eps is set
     bucket_bytes: int = 25 * 2**20  # gradient all-reduce bucket size
+    sharding: str = "replicate"  # "replicate" (whole model per rank) or "fsdp" (learner/sharding.py)
+    compute_dtype: str | None = None  # fsdp only: forward/backward dtype over the stored weights
     diffu_grpo: DiffuGRPOConfig = field(default_factory=DiffuGRPOConfig)
 
     def __post_init__(self) -> None:
         get_objective(self.objective)  # fails early with the registered names
+        if self.sharding not in SHARDING_MODES:
+            raise ValueError(f"sharding must be one of {SHARDING_MODES}, got {self.sharding!r}")
+        if self.compute_dtype is not None and self.sharding != "fsdp":
+            raise ValueError("compute_dtype (mixed precision) needs sharding='fsdp'")
         for name in ("n_t", "micro_batch_size", "mc_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -115,6 +133,21 @@ class LearnerWorker:
             raise RuntimeError(
                 "world_size > 1 needs an initialised torch.distributed process group"
             )
+        self.sharded = config.sharding == "fsdp"
+        if (
+            config.objective == "diffu_grpo"
+            and config.diffu_grpo.beta > 0
+            and reference_policy is None
+        ):
+            # d1's reference is the policy before RL; a frozen copy of the starting weights.
+            reference_policy = copy.deepcopy(policy).eval().requires_grad_(False)
+        if self.sharded:
+            # Shard before the optimizer exists: it must hold the sharded parameters.
+            compute = resolve_dtype(config.compute_dtype, self.device) if config.compute_dtype else None
+            shard_model(policy.model, compute)
+            if reference_policy is not None:
+                shard_model(reference_policy.model, compute)
+        self.reference_policy = reference_policy
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -122,14 +155,6 @@ class LearnerWorker:
         self.generator = torch.Generator().manual_seed(config.seed + rank)
         self.steps = 0  # optimizer steps applied
         self.skipped_steps = 0  # steps skipped for a non-finite gradient norm
-        self.reference_policy = reference_policy
-        if (
-            config.objective == "diffu_grpo"
-            and config.diffu_grpo.beta > 0
-            and reference_policy is None
-        ):
-            # d1's reference is the policy before RL; a frozen copy of the starting weights.
-            self.reference_policy = copy.deepcopy(policy).eval().requires_grad_(False)
 
     def __repr__(self) -> str:
         return (
@@ -186,9 +211,21 @@ class LearnerWorker:
         if batch.masks is None:
             masks = draw_masks(len(batch), self.config.n_t, batch.response_length, self.generator)
             batch.masks, batch.ell_old = masks.to(self.device), None
+        batch = self._pad_to_longest_shard(batch)
         if batch.ell_old is None:
             batch.ell_old = self.old_terms(batch)
         return batch
+
+    def _pad_to_longest_shard(self, batch: TrainBatch) -> TrainBatch:
+        """Sharded: pad to the longest shard of the group (ghost rows), so every rank runs the
+        same number of forwards and backwards and no weight all-gather waits forever."""
+        if not self.sharded or self.world_size == 1:
+            return batch
+        longest = torch.tensor([len(batch)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(
+            longest, op=torch.distributed.ReduceOp.MAX, group=self.process_group
+        )
+        return batch.pad_to(int(longest.item()))
 
     def old_terms(self, batch: TrainBatch, policy=None) -> torch.Tensor:
         """ell_j under `policy` (default: this worker's) for the batch's masks, no grad: [N, n_t]."""
@@ -203,16 +240,21 @@ class LearnerWorker:
         )
 
     def state_dict(self) -> dict:
-        """Optimizer, step counters and mask RNG state (the policy's weights are saved separately)."""
+        """Optimizer, step counters and mask RNG state (the policy's weights are saved separately).
+        Sharded, the optimizer state is gathered: every rank must call this together."""
+        optimizer = gather_optimizer_state(self.optimizer) if self.sharded else self.optimizer.state_dict()
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "steps": self.steps,
             "skipped_steps": self.skipped_steps,
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])
         self.skipped_steps = int(state["skipped_steps"])
         self.generator.set_state(state["generator"])
@@ -227,7 +269,7 @@ class LearnerWorker:
     def _bgpo_micro_batch(self, mb: TrainBatch) -> torch.Tensor:
         """One backward per MC chunk (bgpo.md section 5): loss = -sum(g_j) / (G * n_t)."""
         cfg, sums = self.config, torch.zeros(6, dtype=torch.float64)
-        n_t = mb.masks.shape[1]
+        n_t, live = mb.masks.shape[1], mb.live_mask
         for cols in self._chunks(n_t):
             ell = elbo_terms(
                 self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length
@@ -244,9 +286,9 @@ class LearnerWorker:
                 )
             loss = -g.sum() / (mb.global_batch_size * n_t)
             loss.backward()  # frees this chunk's graph before the next chunk is built
-            z = (ell - ell_old).detach()
-            sums += self._stats(loss, z, clipped, float(mb.masks[:, cols].sum()))
-        sums[5] += len(mb)
+            z = (ell - ell_old).detach()  # ghost rows have A = 0: no gradient, and no metric below
+            sums += self._stats(loss, z[live], clipped[live], float(mb.masks[live][:, cols].sum()))
+        sums[5] += int(live.sum())
         return sums
 
     def _elbo_ratio_micro_batch(self, mb: TrainBatch) -> torch.Tensor:
@@ -261,9 +303,11 @@ class LearnerWorker:
         ell_old = mb.ell_old.to(ell.dtype)
         loss = -elbo_ratio_objective(ell, ell_old, mb.advantages).sum() / mb.global_batch_size
         loss.backward()
-        no_clip = torch.zeros_like(ell, dtype=torch.bool)
-        sums = self._stats(loss, (ell - ell_old).detach(), no_clip, float(mb.masks.sum()))
-        sums[5] += len(mb)
+        live = mb.live_mask
+        no_clip = torch.zeros_like(ell[live], dtype=torch.bool)
+        z = (ell - ell_old).detach()[live]
+        sums = self._stats(loss, z, no_clip, float(mb.masks[live].sum()))
+        sums[5] += int(live.sum())
         return sums
 
     @staticmethod
@@ -283,21 +327,22 @@ class LearnerWorker:
 
     def _finish_accumulation(self, batch: TrainBatch, sums: torch.Tensor) -> dict[str, float]:
         """All-reduce gradients and metric sums across ranks; metrics are global."""
-        rewards = batch.rewards.double().cpu()
+        live = batch.live_mask
         extra = torch.tensor(
             [
-                float(rewards.sum()),
-                float(batch.advantages.abs().sum()),
-                batch.response_length * len(batch),
+                float(batch.rewards[live].double().sum()),
+                float(batch.advantages[live].abs().sum()),
+                batch.response_length * int(live.sum()),
             ],
             dtype=torch.float64,
         )
         sums = torch.cat([sums, extra])
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.sharded:  # FSDP reduce-scattered in each backward
             allreduce_gradients(
                 self.params, self.process_group, bucket_bytes=self.config.bucket_bytes
             )
-            sums = allreduce_sum(sums, self.process_group)
+        if self.world_size > 1:  # on the policy's device: NCCL reduces CUDA tensors only
+            sums = allreduce_sum(sums.to(self.device), self.process_group).cpu()
         loss, abs_z, n_z, clipped, masked, rows, reward_sum, abs_adv, tokens = sums.tolist()
         return {
             "train/loss": loss,
@@ -316,7 +361,7 @@ class LearnerWorker:
     def apply_update(self) -> dict[str, float]:
         """Clip the global grad norm, skip the step when it is non-finite, else AdamW."""
         max_norm = self.config.grad_clip if self.config.grad_clip else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        norm = full_norm(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         finite = bool(torch.isfinite(norm))
         if finite:
             self.optimizer.step()
@@ -340,6 +385,7 @@ class LearnerWorker:
         batch = batch.to(self.device)
         if batch.advantages is None:
             batch.advantages = group_advantages(batch.rewards, batch.group_ids)
+        batch = self._pad_to_longest_shard(batch)
         mbs = self.config.micro_batch_size
         prompt_masks = [
             draw_prompt_masks(
@@ -384,12 +430,14 @@ class LearnerWorker:
             obj, clipped = diffu_grpo_objective(
                 logp, old[rows], ref_rows, batch.advantages[rows], cfg.clip_eps, cfg.beta
             )
+            live = batch.live_mask[rows]
+            obj = obj * live.unsqueeze(1)  # ghost rows: A = 0, but the KL term would still pull
             # Mean over the L response tokens (all count), each response weighted 1 / G.
             loss = -obj.mean(dim=-1).sum() / batch.global_batch_size
             loss.backward()
-            log_ratio = (logp - old[rows]).detach()
-            sums += self._stats(loss, log_ratio, clipped, float(logp.numel()))
-            sums[5] += logp.shape[0]
+            log_ratio = (logp - old[rows]).detach()[live]
+            sums += self._stats(loss, log_ratio, clipped[live], float(log_ratio.numel()))
+            sums[5] += int(live.sum())
         metrics = self._finish_accumulation(batch, sums)
         metrics["train/mean_abs_log_ratio"] = metrics.pop("train/mean_abs_z")
         metrics["train/masked_tokens"] = metrics["train/tokens"]

@@ -3,10 +3,9 @@
 # preset (configs/llada-{math,code,countdown,sudoku}.yaml), evaluate the trained checkpoint on the
 # paper's test sets, and collect every summary.json into one markdown table.
 #
-# UNTESTED: written for one 8-GPU node (or a Ray cluster), never run on GPUs yet. Training LLaDA-8B
-# needs FSDP2 sharding in the learner, which is not implemented (the learner replicates the model
-# per rank): the train step is expected to run out of memory on 80 GB GPUs. SKIP_TRAIN=1 runs the
-# base-model evaluations alone, which do not have that limit.
+# UNTESTED: written for one 8-GPU node (or a Ray cluster), never run on GPUs yet. The presets shard
+# the learner with FSDP2 over 4 GPUs (fp32 master weights, bf16 compute), which is tested on CPU
+# only (docs/reproduce.md, STATUS). SKIP_TRAIN=1 runs the base-model evaluations alone.
 #
 # Usage:  DATA_DIR=/shared/data OUT_DIR=/shared/runs scripts/reproduce_paper.sh [math code countdown sudoku]
 # Environment:
@@ -97,6 +96,6 @@ for preset in "${PRESETS[@]}"; do
     fi
 done
 
-"$PY" -c "import sys; from cluster.evaluate import collect_table; print(collect_table(sys.argv[1]), end='')" \
+"$PY" -c "import sys; from cluster.eval_report import collect_table; print(collect_table(sys.argv[1]), end='')" \
     "$OUT_DIR/eval" | tee "$OUT_DIR/eval/table.md"
 echo "[reproduce] table written to $OUT_DIR/eval/table.md; compare with docs/reproduce.md"

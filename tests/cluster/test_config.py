@@ -48,3 +48,27 @@ def test_unknown_preset_lists_the_known_ones():
 def test_the_tiny_preset_is_the_embedded_default():
     # `bgpo train` with no arguments and `--config tiny-sudoku` must be the same run.
     assert load_config("tiny-sudoku") == load_config(None)
+
+
+def test_every_learner_setting_reaches_the_learner():
+    # The learner's dataclass is built from the run's `learner` section by field name, so a
+    # dataclass field without a config key would be unreachable from YAML or the command line.
+    from dataclasses import fields
+
+    from cluster.actors import learner_config
+    from learner.worker import LearnerConfig
+
+    section = set(load_config(None).learner.model_dump())
+    assert {f.name for f in fields(LearnerConfig)} - {"seed"} <= section
+
+    config = load_config(None, ["seed=7", "learner.diffu_grpo.iterations=3", "learner.dual_clip=2.0",
+                                "learner.objective=diffu_grpo", "learner.diffu_grpo.beta=0.0"])
+    built = learner_config(config)
+    assert (built.seed, built.objective, built.dual_clip) == (7, "diffu_grpo", 2.0)
+    assert (built.diffu_grpo.iterations, built.diffu_grpo.beta) == (3, 0.0)
+    assert built.diffu_grpo.clip_eps == 0.5  # untouched defaults come through too
+
+
+def test_bad_diffu_grpo_setting_is_named():
+    with pytest.raises(ValueError, match="learner.diffu_grpo.iterations"):
+        load_config(None, ["learner.diffu_grpo.iterations=0"])

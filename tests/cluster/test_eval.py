@@ -172,7 +172,7 @@ def test_prompt_text_chat_template_continuation_and_plain_fallback():
 
 
 def test_collect_table_labels_rows_by_folder(tmp_path):
-    from cluster.evaluate import collect_table
+    from cluster.eval_report import collect_table
 
     settings = {"gen_length": 256, "steps": 256, "block_length": 32}
     for label, acc in (("base/sudoku", 0.25), ("bgpo-sudoku/sudoku", 0.5)):
