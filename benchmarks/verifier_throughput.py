@@ -3,7 +3,10 @@
 
 Completions are synthetic but realistic: half carry the gold answer, half a wrong one (for math
 the gold answer of another row, which usually needs math-verify in an isolation child; for
-code a stub that fails its tests in the sandbox). Prints a table and writes JSON with --json.
+code a stub that fails its tests in the sandbox). The code rows ship no solutions, so the
+correct code half cycles through the rows of tests/fixtures/rewards/code_rows.json, which carry
+known-correct ones (4 per task): passing programs run every test. Prints a table and writes JSON
+with --json.
 
     .venv/bin/python benchmarks/verifier_throughput.py --n 200 --json runs/verifier.json
 
@@ -31,6 +34,7 @@ from rewards.types import ScoringOptions  # noqa: E402
 from rewards.verifier import VerifierWorker  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CODE_SOLUTIONS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "rewards" / "code_rows.json"
 FILES = {"gsm8k": "test/gsm8k.parquet", "math": "test/math500.parquet",
          "countdown": "test/countdown.parquet", "sudoku": "test/sudoku.parquet",
          "humaneval": "test/humaneval.parquet", "mbpp": "test/mbpp.parquet"}
@@ -59,13 +63,29 @@ def completion_for(task: str, row: dict, other: dict, correct: bool) -> str:
     return f"```python\ndef {entry_point(row) or 'f'}(*args, **kwargs):\n    return None\n```"
 
 
+def solved_code(task: str) -> list[tuple[dict, str]]:
+    """(row, correct completion) pairs from the committed fixture."""
+    from rewards.tasks.humaneval import prompt_code  # noqa: PLC0415
+
+    records = json.loads(CODE_SOLUTIONS.read_text())[task]
+    if task == "humaneval":
+        return [(r["row"], f"```python\n{prompt_code(r['row']) + r['solution_body']}```") for r in records]
+    return [(r["row"], f"```python\n{r['solution']}```") for r in records]
+
+
 def requests_for(task: str, data_dir: Path, n: int, seed: int) -> list[dict]:
     rows = load_rows(data_dir / FILES[task])
     rng = random.Random(seed)
-    picked = [rng.choice(rows) for _ in range(n)]
-    return [{"task": task, "item": row,
-             "completion": completion_for(task, row, rng.choice(rows), correct=i % 2 == 0)}
-            for i, row in enumerate(picked)]
+    solved = solved_code(task) if task in ("humaneval", "mbpp") else None
+    requests = []
+    for i in range(n):
+        row, correct = rng.choice(rows), i % 2 == 0
+        if solved and correct:
+            row, completion = solved[(i // 2) % len(solved)]
+        else:
+            completion = completion_for(task, row, rng.choice(rows), correct)
+        requests.append({"task": task, "item": row, "completion": completion})
+    return requests
 
 
 def measure(worker: VerifierWorker, warmup: list[dict], requests: list[dict], batch: int) -> dict:
