@@ -56,8 +56,10 @@ def test_every_rollout_worker_samples_with_the_current_version(ray_local, tiny_r
         assert record["rollout/staleness_max"] == 0
 
 
-def test_async_mode_records_staleness(ray_local, tiny_run):
-    config = tiny_run("async", "trainer.max_staleness=1", "trainer.total_steps=3")
+@pytest.mark.parametrize("learners", [(), ("learner.num_workers=2", "learner.sharding=fsdp")],
+                         ids=["replicated", "sharded"])
+def test_async_mode_records_staleness(ray_local, tiny_run, learners):
+    config = tiny_run("async", "trainer.max_staleness=1", "trainer.total_steps=3", *learners)
     train(config)
     records = _step_records(config.run_dir)
     assert records[0]["rollout/staleness_max"] == 0  # the first batch is sampled before any update
