@@ -180,7 +180,7 @@ def measure_one(config: RunConfig) -> dict:
     tok = load_tokenizer(config)
     rows, _ = generated_train_and_heldout(config.task, config.seed)
     prompt_len = max(len(p) for p in encode_prompts(
-        [prompt_text(config.task.name, r, config.task.prompt_style, tok) for r in rows], tok))
+        [prompt_text(config.task.name, r, config.task.prompt_style, tok, config.task.preset) for r in rows], tok))
     # Two of the run's micro-batches, not the whole B x G batch: the peak is reached inside a
     # micro-batch once an earlier one's gradients exist; further micro-batches only repeat it (the
     # batch-level tensors, masks and ell_old, are a few KiB), and the tracker is slow.

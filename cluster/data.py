@@ -45,11 +45,11 @@ def compact_target(task: str, row: dict) -> str:
     raise ValueError(f"task {task!r} has no compact target")
 
 
-def prompt_text(task: str, row: dict, style: str, tokenizer) -> str:
+def prompt_text(task: str, row: dict, style: str, tokenizer, preset: str = "bgpo") -> str:
     """The text the policy is prompted with.
 
     compact: `compact_prompt`. chat: the task's messages (`rewards.get_task(task).format_prompt`,
-    which e.g. adds the boxed-answer instruction to bare GSM8K/MATH questions) through the
+    which e.g. adds the answer instruction of the reward `preset` to bare GSM8K/MATH questions) through the
     tokenizer's chat template (a final assistant message is continued, not closed). A tokenizer
     without a chat template (the tiny model's character tokenizer) gets the plain text of the
     messages instead: their contents joined by blank lines, without role markers or a generation
@@ -59,7 +59,7 @@ def prompt_text(task: str, row: dict, style: str, tokenizer) -> str:
         return compact_prompt(task, row)
     from rewards import get_task
 
-    messages = get_task(task).format_prompt(row)
+    messages = get_task(task).format_prompt(row, preset)
     if getattr(tokenizer, "chat_template", None) is None:
         return "\n\n".join(str(m["content"]) for m in messages)
     if messages and messages[-1].get("role") == "assistant":

@@ -304,7 +304,8 @@ def evaluate_checkpoint(config, rows: list[dict], out: Path, *, kind: str, limit
     from cluster.policy_factory import load_tokenizer
 
     tokenizer = load_tokenizer(config)
-    texts = [prompt_text(config.task.name, r, config.task.prompt_style, tokenizer) for r in rows]
+    task = config.task
+    texts = [prompt_text(task.name, r, task.prompt_style, tokenizer, task.preset) for r in rows]
     prompt_ids = encode_prompts(texts, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"

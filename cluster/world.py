@@ -66,7 +66,8 @@ class World:
         self.restored_accounting: dict = {}
 
     def _encode(self, rows: list[dict]) -> list[list[int]]:
-        texts = [prompt_text(self.config.task.name, r, self.config.task.prompt_style, self.tokenizer) for r in rows]
+        task = self.config.task
+        texts = [prompt_text(task.name, r, task.prompt_style, self.tokenizer, task.preset) for r in rows]
         return encode_prompts(texts, self.tokenizer)
 
     # ---- start -------------------------------------------------------------------------------

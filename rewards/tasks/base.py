@@ -19,8 +19,9 @@ class Task(ABC):
     name: str = ""
     presets: tuple[str, ...] = ("bgpo",)  # reward presets this task understands
 
-    def format_prompt(self, item: dict) -> list[dict]:
-        """Chat messages for the policy; by default the row's own `prompt` field."""
+    def format_prompt(self, item: dict, preset: str = "bgpo") -> list[dict]:
+        """Chat messages for the policy, asking for the answer format `preset` scores; by default
+        the row's own `prompt` field."""
         return list(item["prompt"])
 
     @abstractmethod

@@ -25,6 +25,12 @@ from rewards.types import RewardResult, ScoringOptions
 # and the bgpo preset only reads a `\boxed{}` answer.
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
+# The d1 preset scores d1's XML layout (d1_format.py): the prompt asks for it. GSM8K wants the bare
+# number in <answer>; MATH a \boxed{} answer inside it.
+D1_FORMAT_INSTRUCTION = (
+    "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
+)
+
 # A boxed answer longer than this is not sent to math-verify: no gold answer in GSM8K or MATH
 # comes close, and parsing pathological LaTeX is where the time goes.
 MAX_ANSWER_CHARS = 1000
@@ -61,18 +67,24 @@ class MathTask(Task):
 
     name = "math"
     presets = ("bgpo", "d1")
+    d1_answer_rule = "Put the final answer within \\boxed{} inside <answer>."
 
-    def format_prompt(self, item: dict) -> list[dict]:
-        """The row's messages, with BOXED_INSTRUCTION appended to the last user message when no
-        message mentions "boxed" already (rows that carry their own instruction stay as they are)."""
+    def format_prompt(self, item: dict, preset: str = "bgpo") -> list[dict]:
+        """The row's messages with the preset's answer instruction appended to the last user
+        message: BOXED_INSTRUCTION (bgpo) or d1's XML layout (d1). Rows that carry their own
+        instruction (a message mentions "boxed", or "<answer>" for d1) stay as they are."""
         messages = [dict(m) for m in item["prompt"]]
-        if any("boxed" in str(m.get("content", "")) for m in messages):
+        if preset == "d1":
+            marker, instruction = "<answer>", f"{D1_FORMAT_INSTRUCTION}\n{self.d1_answer_rule}"
+        else:
+            marker, instruction = "boxed", BOXED_INSTRUCTION
+        if any(marker in str(m.get("content", "")) for m in messages):
             return messages
         users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
         if not users:
             raise ValueError("math row has no user message to attach the answer instruction to")
         last = messages[users[-1]]
-        last["content"] = f"{str(last['content']).rstrip()}\n{BOXED_INSTRUCTION}"
+        last["content"] = f"{str(last['content']).rstrip()}\n{instruction}"
         return messages
 
     def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:
@@ -105,6 +117,7 @@ class GSM8KTask(MathTask):
     """GSM8K: numeric gold answer; bgpo reads `\\boxed{}`, d1 reads `<answer>` tags."""
 
     name = "gsm8k"
+    d1_answer_rule = "The answer is the final number alone."
 
     def _score_d1(self, completion: str, gold: str, options: ScoringOptions) -> RewardResult:
         terms = d1_format.format_terms(completion)

@@ -143,3 +143,22 @@ def test_lone_surrogates_are_replaced_so_results_serialise():
     assert result.status == "wrong"
     json.dumps(result.to_dict()).encode("utf-8")
     result.extra["answer"].encode("utf-8")
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math"])
+def test_prompts_ask_for_the_format_their_preset_scores(name):
+    from rewards.tasks import get_task
+    from rewards.tasks.math_tasks import BOXED_INSTRUCTION, D1_FORMAT_INSTRUCTION
+
+    task, row = get_task(name), rows(name)[0]
+    question = row["prompt"][-1]["content"]
+    bgpo = task.format_prompt(row, "bgpo")[-1]["content"]
+    d1 = task.format_prompt(row, "d1")[-1]["content"]
+    assert bgpo == f"{question.rstrip()}\n{BOXED_INSTRUCTION}"
+    assert d1.startswith(question.rstrip()) and D1_FORMAT_INSTRUCTION in d1
+    assert BOXED_INSTRUCTION not in d1
+    assert ("boxed" in d1) == (name == "math")  # d1's MATH answer is boxed inside <answer>
+    assert row["prompt"][-1]["content"] == question  # the row itself is not modified
+    # A row that already carries the preset's instruction is left alone.
+    carried = {**row, "prompt": [{"role": "user", "content": d1}]}
+    assert task.format_prompt(carried, "d1")[-1]["content"] == d1
