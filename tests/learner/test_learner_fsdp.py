@@ -3,7 +3,8 @@
 Each objective runs one step on 6 and 2 rows (so the short rank pads with ghost rows), then the
 gathered weights, gradient norm and metrics are compared with a single unsharded worker on all 8
 rows; the optimizer state is saved from the sharded worker, loaded into a fresh sharded one and a
-second step must again match the single worker's second step.
+second step must again match the single worker's second step. With two GPUs the same check runs
+over NCCL (marker gpu; skipped here, where no machine has two).
 """
 
 from __future__ import annotations
@@ -54,18 +55,22 @@ def _two_steps(worker: LearnerWorker, first: TrainBatch, second: TrainBatch, mak
     return [(m1, w1), (m2, gather_full_state(fresh.policy))]
 
 
-def _rank_main(rank: int, init_file: str, batches: tuple, out_dir: str) -> None:
+def _rank_main(rank: int, init_file: str, batches: tuple, out_dir: str, device: str = "cpu") -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=2)
+    where = torch.device(device, rank) if device == "cuda" else torch.device("cpu")
     try:
         results = {}
         for name in CONFIGS:
             def make_worker(name=name):
-                return LearnerWorker(_policy(), _config(name, "fsdp"), rank=rank, world_size=2,
+                return LearnerWorker(_policy().to(where), _config(name, "fsdp"), rank=rank, world_size=2,
                                      process_group=dist.group.WORLD)
             worker = make_worker()
             assert is_sharded(worker.policy)
-            first, second = (b.select(SHARDS[rank]) for b in batches)
+            first, second = (b.select(SHARDS[rank]).to(where) for b in batches)
             results[name] = _two_steps(worker, first, second, make_worker)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -82,15 +87,20 @@ def _batches(make_batch):
     return tuple(out)
 
 
-def test_sharded_learners_match_one_replicated_rank(make_batch, tmp_path: Path):
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")]),
+])
+def test_sharded_learners_match_one_replicated_rank(make_batch, tmp_path: Path, device):
     batches = _batches(make_batch)
-    mp.spawn(_rank_main, args=(str(tmp_path / "init"), batches, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    mp.spawn(_rank_main, args=(str(tmp_path / "init"), batches, str(tmp_path), device), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
 
     for name in CONFIGS:
-        def make_worker(name=name):
-            return LearnerWorker(_policy(), _config(name, "replicate"))
-        expected = _two_steps(make_worker(), *batches, make_worker)
+        def make_worker(name=name):  # on the same device as the sharded ranks
+            return LearnerWorker(_policy().to(device), _config(name, "replicate"))
+        expected = _two_steps(make_worker(), *(b.to(device) for b in batches), make_worker)
         for step, (metrics, weights) in enumerate(expected):
             for r in range(2):
                 got_metrics, got_weights = ranks[r][name][step]
