@@ -142,11 +142,11 @@ class LearnerConfig(Section):
     """replicate: every rank holds the whole model and optimizer (gradients all-reduced).
     fsdp: FSDP2 shards weights, gradients and optimizer state over the ranks, for models that do
     not fit one device (LLaDA-8B full fine-tuning)."""
-    compute_dtype: Literal["bf16", "fp16"] | None = None
+    compute_dtype: Literal["bf16"] | None = None
     """fsdp only: forward and backward run in this dtype while the learner keeps fp32 weights,
     gradients and AdamW state (FSDP2 mixed precision). Use it with a bf16 model: bf16 weights
     cannot take updates as small as lr 5e-7. Rollout workers still get model.dtype weights.
-    None: the learner trains in model.dtype."""
+    None: the learner trains in model.dtype. (No fp16: it would need loss scaling, not built.)"""
     num_threads: int | None = 2
     """torch intra-op threads per learner rank (None: num_cpus). In synchronous mode the rollout
     actors are idle while the learner trains, so on a small CPU node it may use every core."""
