@@ -267,7 +267,7 @@ class LearnerActor:
     def _gather_full_state(self) -> None:
         """Sharded: every rank takes part in the gather; rank 0 keeps the copy."""
         if self.sharded:
-            state = gather_full_state(self.policy.model)
+            state = gather_full_state(self.policy.model, keep=self.rank == 0)
             self.full_state = state if self.rank == 0 else None
 
     def _load_full_state(self, state: dict) -> None:

@@ -80,4 +80,6 @@ def load_trainer_state(path: Path) -> dict:
 
 
 def load_learner_state(path: Path) -> dict:
-    return torch.load(Path(path) / "optimizer" / "learner_state.pt", weights_only=False)
+    # Memory-mapped: sharded learners each read only the slices of the optimizer state they keep,
+    # and ranks on one node share the file's pages instead of holding a full copy each.
+    return torch.load(Path(path) / "optimizer" / "learner_state.pt", weights_only=False, mmap=True)

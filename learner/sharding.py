@@ -69,14 +69,16 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def gather_full_state(module: nn.Module, *, to_cpu: bool = True) -> dict[str, torch.Tensor]:
-    """The whole state dict as plain tensors, on every rank (a collective: every rank must call
-    it, in the same order). `to_cpu` keeps the full copy off the accelerator."""
+def gather_full_state(module: nn.Module, *, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The whole state dict as plain CPU tensors. A collective: every rank must call it, in the
+    same order. A rank with `keep=False` takes part and returns {}, so only the rank that needs
+    the copy holds one (for LLaDA-8B in fp32 that is 32 GB of host memory)."""
     state = {}
     for name, value in module.state_dict().items():
         if isinstance(value, DTensor):
-            value = value.full_tensor()
-        state[name] = value.detach().to("cpu" if to_cpu else value.device, copy=True)
+            value = value.full_tensor()  # one tensor at a time is unsharded on the device
+        if keep:
+            state[name] = value.detach().to("cpu", copy=True)
     return state
 
 
@@ -96,44 +98,50 @@ def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if tuple(value.shape) != tuple(target.shape):
             raise ValueError(f"{name}: shape {tuple(value.shape)} != model's {tuple(target.shape)}")
         if isinstance(target, DTensor):
-            shard = distribute_tensor(
-                value.to(target.device, target.dtype), target.device_mesh, target.placements,
-                src_data_rank=None,  # every rank holds the full tensor: slice, do not scatter
-            )
-            target.to_local().copy_(shard.to_local())
+            target.to_local().copy_(_shard_like(value.to(target.dtype), target).to_local())
         else:
             target.copy_(value)
 
 
 @torch.no_grad()
-def gather_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """`optimizer.state_dict()` with every sharded tensor gathered (a collective): the same
-    format as an unsharded optimizer's, so checkpoints move between sharding modes."""
+def gather_optimizer_state(optimizer: torch.optim.Optimizer, *, keep: bool = True) -> dict | None:
+    """`optimizer.state_dict()` with every sharded tensor gathered to the CPU, one at a time: the
+    format of an unsharded optimizer's, so checkpoints move between sharding modes. A collective
+    (see gather_full_state); a rank with `keep=False` takes part and returns None."""
     state = optimizer.state_dict()
-    state["state"] = {
-        index: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in entry.items()}
-        for index, entry in state["state"].items()
-    }
-    return state
+    gathered = {}
+    for index, entry in state["state"].items():
+        gathered[index] = {}
+        for key, value in entry.items():
+            if isinstance(value, DTensor):
+                value = value.full_tensor()
+            if keep:
+                gathered[index][key] = value.detach().to("cpu", copy=True) if torch.is_tensor(value) else value
+    return {**state, "state": gathered} if keep else None
 
 
 @torch.no_grad()
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a full optimizer state dict, then shard each per-parameter tensor like its
-    parameter (local, no communication)."""
-    optimizer.load_state_dict(state)
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if not isinstance(param, DTensor):
-                continue
-            entry = optimizer.state.get(param, {})
-            for key, value in entry.items():
-                if key != "step" and isinstance(value, torch.Tensor) \
-                        and not isinstance(value, DTensor) and tuple(value.shape) == tuple(param.shape):
-                    entry[key] = distribute_tensor(
-                        value.to(param.device), param.device_mesh, param.placements,
-                        src_data_rank=None,
-                    )
+    """Load a full optimizer state dict (every rank passes the whole of it): each per-parameter
+    tensor is cut to the parameter's shard first, one at a time, so the full state never sits
+    on the device at once. Local, no communication."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sharded = {}
+    for index, entry in state["state"].items():
+        param = params[int(index)]
+        sharded[index] = {
+            key: _shard_like(value, param)
+            if key != "step" and isinstance(param, DTensor) and torch.is_tensor(value)
+            and tuple(value.shape) == tuple(param.shape) else value
+            for key, value in entry.items()
+        }
+    optimizer.load_state_dict({**state, "state": sharded})
+
+
+def _shard_like(value: torch.Tensor, param: DTensor) -> DTensor:
+    # Every rank holds the full tensor: slice it, do not scatter.
+    return distribute_tensor(value.to(param.device), param.device_mesh, param.placements,
+                             src_data_rank=None)
 
 
 def full_norm(norm: torch.Tensor) -> torch.Tensor:

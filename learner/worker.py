@@ -241,8 +241,12 @@ class LearnerWorker:
 
     def state_dict(self) -> dict:
         """Optimizer, step counters and mask RNG state (the policy's weights are saved separately).
-        Sharded, the optimizer state is gathered: every rank must call this together."""
-        optimizer = gather_optimizer_state(self.optimizer) if self.sharded else self.optimizer.state_dict()
+        Sharded, the optimizer state is gathered: every rank must call this together, and only
+        rank 0 gets it (the others get None in its place, saving a full copy per rank)."""
+        if self.sharded:
+            optimizer = gather_optimizer_state(self.optimizer, keep=self.rank == 0)
+        else:
+            optimizer = self.optimizer.state_dict()
         return {
             "optimizer": optimizer,
             "steps": self.steps,

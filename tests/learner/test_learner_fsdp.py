@@ -43,11 +43,13 @@ def _config(name: str, sharding: str) -> LearnerConfig:
     return LearnerConfig(**BASE, **CONFIGS[name], sharding=sharding)
 
 
-def _two_steps(worker: LearnerWorker, first: TrainBatch, second: TrainBatch, make_worker):
-    """Step, save, rebuild from the saved state, step again: (metrics, weights) of each step."""
+def _two_steps(worker: LearnerWorker, first: TrainBatch, second: TrainBatch, make_worker,
+               share=lambda state: state):
+    """Step, save, rebuild from the saved state, step again: (metrics, weights) of each step.
+    `share` hands the saved state to every rank (sharded, only rank 0 holds it)."""
     m1 = worker.step(first)
     w1 = gather_full_state(worker.policy)
-    saved = worker.state_dict()
+    saved = share(worker.state_dict())
     fresh = make_worker()
     load_full_state(fresh.policy, w1)
     fresh.load_state_dict(saved)
@@ -68,10 +70,19 @@ def _rank_main(rank: int, init_file: str, batches: tuple, out_dir: str, device: 
             def make_worker(name=name):
                 return LearnerWorker(_policy().to(where), _config(name, "fsdp"), rank=rank, world_size=2,
                                      process_group=dist.group.WORLD)
+            def share(state, name=name):  # as a run does: rank 0 writes the checkpoint, all read it
+                path = os.path.join(out_dir, f"{name}-learner-state.pt")
+                if rank == 0:
+                    torch.save(state, path)
+                else:
+                    assert state["optimizer"] is None  # no full copy on the other ranks
+                dist.barrier()
+                return torch.load(path, weights_only=False)
+
             worker = make_worker()
             assert is_sharded(worker.policy)
             first, second = (b.select(SHARDS[rank]).to(where) for b in batches)
-            results[name] = _two_steps(worker, first, second, make_worker)
+            results[name] = _two_steps(worker, first, second, make_worker, share)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
