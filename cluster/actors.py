@@ -10,6 +10,7 @@ below is what the Ray dashboard and the log prefixes show.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 
 import numpy as np
@@ -30,6 +31,7 @@ from cluster.weight_sync import (
     send_weights,
 )
 from dllm import resolve_dtype
+from dllm.lazy_weights import LazyWeights
 from dllm.weights import state_from_buckets
 from learner.sharding import gather_full_state, load_full_state
 
@@ -270,10 +272,11 @@ class LearnerActor:
             state = gather_full_state(self.policy.model, keep=self.rank == 0)
             self.full_state = state if self.rank == 0 else None
 
-    def _load_full_state(self, state: dict) -> None:
+    def _load_full_state(self, state: Mapping[str, torch.Tensor]) -> None:
         load_full_state(self.policy.model, state)
-        if self.sharded and self.rank == 0:
-            self.full_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        if self.sharded and self.rank == 0:  # the copy that leaves, in the learner's dtypes
+            dtypes = {k: v.dtype for k, v in self.policy.model.state_dict().items()}
+            self.full_state = {k: state[k].detach().to("cpu", dtypes[k], copy=True) for k in dtypes}
 
     def weight_state(self) -> dict:
         """The weights rollout workers load, keyed as policy.model's state dict."""
@@ -347,7 +350,11 @@ class LearnerActor:
         from cluster.checkpoint import load_learner_state
         from dllm import load_policy
 
-        saved = load_policy(Path(path) / "policy", device="cpu", dtype=self.policy.dtype)
-        self._load_full_state(saved.model.state_dict())
+        folder = Path(path) / "policy"
+        weights = LazyWeights(folder) if self.sharded else {}
+        if set(weights) != set(self.policy.model.state_dict()):
+            # Replicated, or a checkpoint that stores a tied weight once: transformers loads it.
+            weights = load_policy(folder, device="cpu", dtype=self.policy.dtype).model.state_dict()
+        self._load_full_state(weights)
         self.worker.load_state_dict(load_learner_state(path))
         return True

@@ -17,6 +17,8 @@ every rank passes the whole tensor and keeps its own shard).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -83,9 +85,10 @@ def gather_full_state(module: nn.Module, *, keep: bool = True) -> dict[str, torc
 
 
 @torch.no_grad()
-def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_full_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copy a full state dict into a sharded (or plain) module. Local: every rank passes the
-    whole tensors and keeps its own shard, no communication."""
+    whole tensors and keeps its own shard, no communication. Tensors are read one at a time,
+    so `state` may load them lazily (dllm.lazy_weights)."""
     own = module.state_dict()
     missing, unexpected = set(own) - set(state), set(state) - set(own)
     if missing or unexpected:
