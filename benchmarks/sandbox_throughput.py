@@ -41,16 +41,14 @@ def jobs() -> dict[str, tuple[str, list[str], tuple[str, ...]]]:
     }
 
 
-def measure(box: CodeSandbox, job: tuple, workers: int, seconds: float,
-            unsandboxed: bool) -> dict:
-    program, tests, guard = job
-    counts, bad, stop = [0] * workers, [], time.monotonic() + seconds
+def run_for(seconds: float, workers: int, one_run) -> dict:
+    """Call `one_run()` (True when the run went as expected) in a loop on `workers` threads for
+    `seconds`; runs per second over all of them."""
+    counts, bad, stop = [0] * workers, [0] * workers, time.monotonic() + seconds
 
     def loop(i: int) -> None:
         while time.monotonic() < stop:
-            r = box.run(program, tests, deadline_s=10, allow_unsandboxed=unsandboxed, guard=guard)
-            if r.status != "ok":
-                bad.append(r.detail)
+            bad[i] += not one_run()
             counts[i] += 1
 
     start = time.monotonic()
@@ -61,33 +59,33 @@ def measure(box: CodeSandbox, job: tuple, workers: int, seconds: float,
         t.join()
     elapsed = time.monotonic() - start
     return {"runs": sum(counts), "seconds": round(elapsed, 3),
-            "runs_per_s": round(sum(counts) / elapsed, 1), "not_ok": len(bad)}
+            "runs_per_s": round(sum(counts) / elapsed, 1), "not_ok": sum(bad)}
+
+
+def measure(box: CodeSandbox, job: tuple, workers: int, seconds: float,
+            unsandboxed: bool) -> dict:
+    program, tests, guard = job
+
+    def one_run() -> bool:
+        r = box.run(program, tests, deadline_s=10, allow_unsandboxed=unsandboxed, guard=guard)
+        return r.status == "ok"
+
+    return run_for(seconds, workers, one_run)
 
 
 def measure_floor(box: CodeSandbox, workers: int, seconds: float) -> dict:
     """Same prlimit+bwrap+fresh uid, running `python -I -S -c pass`: the cost without a harness."""
-    counts, stop = [0] * workers, time.monotonic() + seconds
 
-    def loop(i: int) -> None:
-        while time.monotonic() < stop:
-            lease = box.pool.acquire() if box.pool else None
-            uid = lease.uid if lease else os.getuid()
-            argv = sandbox_argv(box.config, uid=uid, cpu_seconds=10, nproc=box.config.nproc)
-            run_process(argv[:-1] + ["-c", "pass"], b"", deadline_s=10,
-                        user=uid if lease else None)
-            if lease:
-                box.pool.release(lease)
-            counts[i] += 1
+    def one_run() -> bool:
+        lease = box.pool.acquire() if box.pool else None
+        uid = lease.uid if lease else os.getuid()
+        argv = sandbox_argv(box.config, uid=uid, cpu_seconds=10, nproc=box.config.nproc)
+        run_process(argv[:-1] + ["-c", "pass"], b"", deadline_s=10, user=uid if lease else None)
+        if lease:
+            box.pool.release(lease)
+        return True  # the floor counts runs; it does not judge them
 
-    start = time.monotonic()
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - start
-    return {"runs": sum(counts), "seconds": round(elapsed, 3),
-            "runs_per_s": round(sum(counts) / elapsed, 1), "not_ok": 0}
+    return run_for(seconds, workers, one_run)
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ from cluster.weight_sync import (
     SyncGroup,
     SyncGroupSpec,
     free_port,
-    load_buckets_into,
     numpy_buckets,
     plan_for,
     receive_weights,
@@ -269,14 +268,16 @@ class LearnerActor:
     def _gather_full_state(self) -> None:
         """Sharded: every rank takes part in the gather; rank 0 keeps the copy."""
         if self.sharded:
-            state = gather_full_state(self.policy.model, keep=self.rank == 0)
-            self.full_state = state if self.rank == 0 else None
+            self.full_state = gather_full_state(self.policy.model, keep=self.rank == 0) or None
 
     def _load_full_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_full_state(self.policy.model, state)
-        if self.sharded and self.rank == 0:  # the copy that leaves, in the learner's dtypes
+        """Load whole tensors (every rank keeps its shard, if sharded). Sharded rank 0 first
+        makes the copy that leaves, in the learner's dtypes, and loads from it: each tensor of a
+        lazy `state` is read once."""
+        if self.sharded and self.rank == 0:
             dtypes = {k: v.dtype for k, v in self.policy.model.state_dict().items()}
-            self.full_state = {k: state[k].detach().to("cpu", dtypes[k], copy=True) for k in dtypes}
+            state = self.full_state = {k: state[k].detach().to("cpu", dtypes[k], copy=True) for k in dtypes}
+        load_full_state(self.policy.model, state)
 
     def weight_state(self) -> dict:
         """The weights rollout workers load, keyed as policy.model's state dict."""
@@ -321,10 +322,7 @@ class LearnerActor:
 
     def load_numpy_weights(self, payload: tuple) -> bool:
         buckets, arrays = payload
-        if self.sharded:
-            self._load_full_state(state_from_buckets(buckets, arrays))
-        else:
-            load_buckets_into(self.policy.model, buckets, arrays)
+        self._load_full_state(state_from_buckets(buckets, arrays))
         return True
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -351,9 +349,9 @@ class LearnerActor:
         from dllm import load_policy
 
         folder = Path(path) / "policy"
-        weights = LazyWeights(folder) if self.sharded else {}
+        weights = LazyWeights(folder)
         if set(weights) != set(self.policy.model.state_dict()):
-            # Replicated, or a checkpoint that stores a tied weight once: transformers loads it.
+            # A checkpoint that stores a tied weight once: transformers knows how to load it.
             weights = load_policy(folder, device="cpu", dtype=self.policy.dtype).model.state_dict()
         self._load_full_state(weights)
         self.worker.load_state_dict(load_learner_state(path))

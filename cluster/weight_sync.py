@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from dllm.weights import WeightBucket, load_buckets_into, pack_bucket, plan_buckets, to_numpy
+from dllm.weights import WeightBucket, pack_bucket, plan_buckets, to_numpy
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -173,7 +173,6 @@ __all__ = [
     "SyncGroup",
     "SyncGroupSpec",
     "free_port",
-    "load_buckets_into",
     "numpy_buckets",
     "plan_for",
     "receive_weights",

@@ -21,22 +21,17 @@ import torch
 class TrainBatch:
     """N responses (N = rows on this rank); every tensor's first dimension is N."""
 
-    input_ids: (
-        torch.Tensor
-    )  # [N, T] long; left-padded prompt ++ response, response = last L columns
-    attention_mask: (
-        torch.Tensor
-    )  # [N, T] long/bool; 1 on real tokens (prompt and response), 0 on padding
+    # [N, T] long; left-padded prompt ++ response, response = last L columns
+    input_ids: torch.Tensor
+    # [N, T] long/bool; 1 on real tokens (prompt and response), 0 on padding
+    attention_mask: torch.Tensor
     response_length: int  # L; the responses are input_ids[:, -L:]
     rewards: torch.Tensor  # [N] float; scalar reward per response (NaN makes the step skip)
     group_ids: torch.Tensor  # [N] long; responses to the same prompt share a group id (GRPO groups)
     policy_versions: torch.Tensor  # [N] long; version of the policy that generated each response
-    global_batch_size: (
-        int  # responses in the whole batch across learner ranks (weights |mb| / this)
-    )
-    advantages: torch.Tensor | None = (
-        None  # [N] float; group-normalised if None (bgpo.md section 3)
-    )
+    # responses in the whole batch across learner ranks (each micro-batch weighs |mb| / this)
+    global_batch_size: int
+    advantages: torch.Tensor | None = None  # [N] float; group-normalised if None (bgpo.md section 3)
     masks: torch.Tensor | None = None  # [N, n_t, L] bool; True = masked; drawn if None (section 2)
     ell_old: torch.Tensor | None = None  # [N, n_t] float; behaviour-policy ELBO terms for `masks`
     live: torch.Tensor | None = None  # [N] bool; False on ghost rows (see pad_to); None = all live

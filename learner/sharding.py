@@ -75,13 +75,19 @@ def gather_full_state(module: nn.Module, *, keep: bool = True) -> dict[str, torc
     """The whole state dict as plain CPU tensors. A collective: every rank must call it, in the
     same order. A rank with `keep=False` takes part and returns {}, so only the rank that needs
     the copy holds one (for LLaDA-8B in fp32 that is 32 GB of host memory)."""
-    state = {}
-    for name, value in module.state_dict().items():
-        if isinstance(value, DTensor):
-            value = value.full_tensor()  # one tensor at a time is unsharded on the device
-        if keep:
-            state[name] = value.detach().to("cpu", copy=True)
-    return state
+    state = {name: _gathered(value, keep) for name, value in module.state_dict().items()}
+    return state if keep else {}
+
+
+def _gathered(value, keep: bool):
+    """A plain CPU copy of a (possibly sharded) tensor, or None when not `keep`; a collective for
+    a DTensor, which is unsharded on the device one tensor at a time. Non-tensors (an
+    optimizer's step counts) pass through."""
+    if isinstance(value, DTensor):
+        value = value.full_tensor()
+    if not keep:
+        return None
+    return value.detach().to("cpu", copy=True) if torch.is_tensor(value) else value
 
 
 @torch.no_grad()
@@ -112,14 +118,8 @@ def gather_optimizer_state(optimizer: torch.optim.Optimizer, *, keep: bool = Tru
     format of an unsharded optimizer's, so checkpoints move between sharding modes. A collective
     (see gather_full_state); a rank with `keep=False` takes part and returns None."""
     state = optimizer.state_dict()
-    gathered = {}
-    for index, entry in state["state"].items():
-        gathered[index] = {}
-        for key, value in entry.items():
-            if isinstance(value, DTensor):
-                value = value.full_tensor()
-            if keep:
-                gathered[index][key] = value.detach().to("cpu", copy=True) if torch.is_tensor(value) else value
+    gathered = {index: {key: _gathered(value, keep) for key, value in entry.items()}
+                for index, entry in state["state"].items()}
     return {**state, "state": gathered} if keep else None
 
 

@@ -66,9 +66,8 @@ class LearnerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 1.0  # max global grad norm; None computes the norm without clipping
     seed: int = 0  # mask RNG seed (rank r uses seed + r)
-    clip_eps: float | None = (
-        None  # bgpo PPO-style ratio clip for stale samples; None = off (inert on-policy)
-    )
+    # bgpo PPO-style ratio clip for stale samples; None = off (inert on-policy)
+    clip_eps: float | None = None
     dual_clip: float | None = 3.0  # dual clip for A < 0, only used when clip_eps is set
     bucket_bytes: int = 25 * 2**20  # gradient all-reduce bucket size
     sharding: str = "replicate"  # "replicate" (whole model per rank) or "fsdp" (learner/sharding.py)
