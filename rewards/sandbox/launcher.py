@@ -23,6 +23,7 @@ site-packages out (HumanEval and MBPP need no third-party package).
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import shutil
@@ -32,9 +33,11 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
+log = logging.getLogger(__name__)
+
 HARNESS_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "code_harness.py")
-HARNESS_INSIDE = "/sandbox/code_harness.py"  # where the harness appears inside the sandbox
+HARNESS_DIR_INSIDE = "/sandbox"  # where the harness appears inside the sandbox
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"  # the whole environment inside is PATH, HOME, LANG
 
 
@@ -83,26 +86,54 @@ def bwrap_version() -> tuple[int, ...]:
 
 
 _stage_lock = threading.Lock()
-_staged: str | None = None
+_stage_dir: str | None = None
+_staged: dict[str, str] = {}  # interpreter -> the harness file it runs
+
+# Run once by the sandbox's interpreter at staging time: its own bytecode format, and a hash-based
+# .pyc that it never checks against a source file (the sandbox has none).
+_COMPILE = ("import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], "
+            "doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)")
 
 
-def staged_harness() -> str:
+def staged_harness(python: str | None = None) -> str:
     """A private copy of the harness that any uid can read but only we can change.
 
     The pool uid must be able to open the file bwrap binds, and the project directory may not be
-    traversable by it; a root-owned 0755 directory in the host's /tmp always is.
+    traversable by it; a root-owned 0755 directory in the host's /tmp always is. With `python`,
+    the copy is that interpreter's compiled .pyc: a script given as source is compiled on every
+    start (about 3 ms of each run), bytecode is not. Where compiling fails the source is used.
     """
-    global _staged
+    global _stage_dir
     with _stage_lock:
-        if _staged is None or not os.path.exists(_staged):
-            stage_dir = tempfile.mkdtemp(prefix="bgpo-harness-")
-            os.chmod(stage_dir, 0o755)
-            path = os.path.join(stage_dir, "code_harness.py")
-            shutil.copyfile(HARNESS_SOURCE, path)
-            os.chmod(path, 0o444)
-            atexit.register(shutil.rmtree, stage_dir, True)
-            _staged = path
-        return _staged
+        key = python or ""
+        if key in _staged and os.path.exists(_staged[key]):
+            return _staged[key]
+        if _stage_dir is None or not os.path.isdir(_stage_dir):
+            _stage_dir = tempfile.mkdtemp(prefix="bgpo-harness-")
+            os.chmod(_stage_dir, 0o755)
+            atexit.register(shutil.rmtree, _stage_dir, True)
+        source = os.path.join(_stage_dir, "code_harness.py")
+        if not os.path.exists(source):
+            shutil.copyfile(HARNESS_SOURCE, source)
+            os.chmod(source, 0o444)
+        path = source
+        if python and os.access(python, os.X_OK):  # a missing one fails the probe later
+            compiled = os.path.join(_stage_dir, f"code_harness.{len(_staged)}.pyc")
+            try:
+                done = subprocess.run([python, "-I", "-S", "-c", _COMPILE, source, compiled],
+                                      capture_output=True, text=True, timeout=60,
+                                      env={"PATH": SANDBOX_PATH})
+                why = done.stderr.strip()[-200:] if done.returncode else ""
+            except (OSError, subprocess.SubprocessError) as e:
+                why = f"{type(e).__name__}: {e}"
+            if not why and os.path.exists(compiled):
+                os.chmod(compiled, 0o444)
+                path = compiled
+            else:
+                log.warning("could not precompile the harness with %s (%s); running its source",
+                            python, why)
+        _staged[key] = path
+        return path
 
 
 def prlimit_args(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> list[str]:
@@ -116,6 +147,7 @@ def prlimit_args(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> li
 def bwrap_args(config: SandboxConfig, *, uid: int, harness: str, python: str,
                binds: list[str]) -> list[str]:
     """bwrap with every namespace unshared and only /usr, the harness and a tmpfs visible."""
+    inside = f"{HARNESS_DIR_INSIDE}/code_harness{os.path.splitext(harness)[1]}"  # .pyc or .py
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--as-pid-1", "--unshare-user", "--uid", str(uid), "--gid", str(uid),
             "--disable-userns",
@@ -124,7 +156,7 @@ def bwrap_args(config: SandboxConfig, *, uid: int, harness: str, python: str,
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
             "--proc", "/proc", "--dev", "/dev",
             "--size", str(config.tmpfs_bytes), "--tmpfs", "/tmp",
-            "--ro-bind", harness, HARNESS_INSIDE]
+            "--ro-bind", harness, inside]
     for prefix in binds:
         args += ["--ro-bind", prefix, prefix]
     # bwrap's root and /dev are tmpfs mounts with no size cap: left writable, files there would
@@ -132,7 +164,7 @@ def bwrap_args(config: SandboxConfig, *, uid: int, harness: str, python: str,
     args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     args += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", SANDBOX_PATH,
              "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-             python, "-I", "-S", HARNESS_INSIDE]
+             python, "-I", "-S", inside]
     return args
 
 
@@ -140,7 +172,7 @@ def sandbox_argv(config: SandboxConfig, *, uid: int, cpu_seconds: float, nproc: 
     """Full argv of one sandboxed harness run (uid: the uid seen inside the sandbox)."""
     python, binds = pick_interpreter(config)
     return prlimit_args(config, cpu_seconds=cpu_seconds, nproc=nproc) + bwrap_args(
-        config, uid=uid, harness=staged_harness(), python=python, binds=binds)
+        config, uid=uid, harness=staged_harness(python), python=python, binds=binds)
 
 
 def unsandboxed_argv(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> list[str]:
@@ -155,4 +187,4 @@ def unsandboxed_argv(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -
     if not os.access(python, os.X_OK):
         python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     return prlimit_args(config, cpu_seconds=cpu_seconds, nproc=nproc) + [
-        python, "-I", "-S", staged_harness()]
+        python, "-I", "-S", staged_harness(python)]

@@ -7,7 +7,9 @@ printed "PASS" markers earn nothing (DARE counted exit status 0 as a pass).
 
 Modes, chosen once per process:
 - root: each run leases a fresh uid from the pool, the run is started as that uid (so
-  RLIMIT_NPROC bites), and the uid is swept (all its processes SIGKILLed) after every run.
+  RLIMIT_NPROC bites), and the uid has no process left when the run returns: either the
+  sandbox's pid namespace provably emptied (the harness exited by itself; see _run_sandboxed),
+  or the uid is swept (all its processes SIGKILLed until none is left).
 - not root (a laptop): bwrap as the invoking user. Weaker: RLIMIT_NPROC counts all of the user's
   processes (we set it to their current count + the budget), and there is no uid sweep: cleanup
   relies on the pid namespace dying with the harness (pid 1) and on --die-with-parent.
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from rewards.sandbox.launcher import SandboxConfig, bwrap_version, sandbox_argv, unsandboxed_argv
 from rewards.sandbox.strict_rewrite import strict_test_source
 from rewards.sandbox.supervisor import ProcessOutcome, run_process
-from rewards.sandbox.uid_pool import UidPool, pids_of_uid, sweep_uid
+from rewards.sandbox.uid_pool import UidPool, pids_of_uid
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +127,23 @@ class CodeSandbox:
             nproc = len(pids_of_uid(uid)) + cfg.nproc
             argv = sandbox_argv(cfg, uid=uid, cpu_seconds=deadline_s + _CPU_SLACK_S, nproc=nproc)
             return self._execute(argv, job, deadline_s, user=None, extra={})
-        lease = self.pool.acquire()
+        lease = self.pool.acquire()  # sweeps a uid that a crashed verifier left dirty
+        emptied = False
         try:
-            sweep_uid(lease.uid)  # leftovers of a verifier that crashed mid-run
             argv = sandbox_argv(cfg, uid=lease.uid, cpu_seconds=deadline_s + _CPU_SLACK_S,
                                 nproc=cfg.nproc)
             result = self._execute(argv, job, deadline_s, user=lease.uid,
                                    extra={"uid": lease.uid})
+            # bwrap (--as-pid-1) exits 0 only after reaping the harness, pid 1 of the sandbox's
+            # pid namespace, which exited 0. The kernel kills every other process of that
+            # namespace and waits for all of them to be gone before pid 1 can be reaped, and no
+            # process can leave a pid namespace: so the uid has no process left, and the /proc
+            # scan (about 2 ms here, more on a host with many processes) is only needed when we
+            # killed bwrap (deadline, output flood) or it failed.
+            emptied = result.extra["returncode"] == 0
         finally:
-            clean = self.pool.release(lease)
-        result.extra["uid_swept_clean"] = clean
+            clean = self.pool.release(lease, known_clean=emptied)
+        result.extra.update(uid_clean=clean, uid_cleanup="pid namespace" if emptied else "sweep")
         return result
 
     def _run_unsandboxed(self, job: dict, deadline_s: float, reason: str) -> CodeRunResult:

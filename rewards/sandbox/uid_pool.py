@@ -78,14 +78,21 @@ class UidLease:
         self.uid = uid
         self._fd = fd
 
-    def close(self) -> None:
+    def close(self, *, clean: bool) -> None:
         if self._fd >= 0:
+            if clean:
+                os.ftruncate(self._fd, 0)  # an empty lock file: the uid has no process left
             os.close(self._fd)  # closing the fd drops the flock
             self._fd = -1
 
 
 class UidPool:
-    """Hands out uids in [base, base + count), round-robin, one run at a time per uid."""
+    """Hands out uids in [base, base + count), round-robin, one run at a time per uid.
+
+    A lease marks its lock file in use (one byte) and a clean release empties it again, so a
+    non-empty lock file that can be locked was left by a holder that died mid-run: that uid is
+    swept before it is handed out. A uid released clean needs no sweep before its next run.
+    """
 
     def __init__(self, base: int, count: int, lock_dir: str | None = None) -> None:
         if base < 1000 or count < 1:
@@ -109,17 +116,27 @@ class UidPool:
                 except BlockingIOError:
                     os.close(fd)
                     continue
+                if os.fstat(fd).st_size and not sweep_uid(uid)[1]:  # a crashed holder's leftovers
+                    log.error("sandbox uid %d left dirty cannot be swept; quarantined", uid)
+                    self.quarantined.add(uid)
+                    os.close(fd)
+                    continue
+                os.pwrite(fd, b"1", 0)
                 return UidLease(uid, fd)
         raise RuntimeError(f"no free sandbox uid in [{self.base}, {self.base + self.count})")
 
-    def release(self, lease: UidLease) -> bool:
-        """Sweep the uid, then free it; a uid that cannot be swept is quarantined, not freed."""
-        _, clean = sweep_uid(lease.uid)
+    def release(self, lease: UidLease, *, known_clean: bool = False) -> bool:
+        """Free the uid once it has no process left; a uid that cannot be swept is quarantined.
+
+        known_clean: the caller has proof that no process of the uid is left (the sandbox's pid
+        namespace emptied, see runner.py), so the /proc scan is skipped.
+        """
+        clean = known_clean or sweep_uid(lease.uid)[1]
         if not clean:
             log.error("sandbox uid %d still has processes after the sweep; quarantined", lease.uid)
             with self._mutex:
                 self.quarantined.add(lease.uid)
-        lease.close()
+        lease.close(clean=clean)
         return clean
 
 

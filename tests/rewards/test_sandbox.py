@@ -51,7 +51,7 @@ def test_argv_follows_the_recipe():
         assert flag in argv
     assert "--cap-drop ALL" in joined and "--uid 200001 --gid 200001" in joined
     assert "--ro-bind /usr /usr" in joined and "--remount-ro /" in joined
-    assert argv[-3:] == ["-I", "-S", "/sandbox/code_harness.py"]
+    assert argv[-3:] == ["-I", "-S", "/sandbox/code_harness.pyc"]  # precompiled harness
     assert "--bind" not in argv  # nothing of the host is writable
 
 
