@@ -55,6 +55,7 @@ class SandboxConfig:
     stdout_cap: int = 1 << 20  # bytes of harness stdout kept; more is treated as an attack
     stderr_cap: int = 64 << 10  # bytes of stderr kept for diagnostics (the rest is drained)
     python: str | None = None  # interpreter inside the sandbox; None: see module docstring
+    prestart: int = 4  # most sandboxes started ahead of their run (warm.py); 0: none
 
 
 def pick_interpreter(config: SandboxConfig) -> tuple[str, list[str]]:

@@ -23,17 +23,22 @@ from __future__ import annotations
 
 import logging
 import marshal
+import math
 import os
 import secrets
 import shutil
+import subprocess
 import threading
 import time
+import weakref
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from rewards.sandbox.launcher import SandboxConfig, bwrap_version, sandbox_argv, unsandboxed_argv
 from rewards.sandbox.strict_rewrite import strict_test_source
-from rewards.sandbox.supervisor import ProcessOutcome, run_process
-from rewards.sandbox.uid_pool import UidPool, pids_of_uid
+from rewards.sandbox.supervisor import ProcessOutcome, run_process, spawn_async, supervise
+from rewards.sandbox.uid_pool import UidLease, UidPool, pids_of_uid
+from rewards.sandbox.warm import WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class CodeSandbox:
         self.config = config or SandboxConfig()
         self.is_root = os.geteuid() == 0
         self.pool = UidPool(self.config.uid_base, self.config.uid_count) if self.is_root else None
+        self.warm = WarmPool(self.config.prestart, self._start, self._release)
+        weakref.finalize(self, self.warm.close)  # also at interpreter exit
         self._probe_lock = threading.Lock()
         self._probe: tuple[bool, str] | None = None
         self._probed_at = 0.0
@@ -92,7 +99,7 @@ class CodeSandbox:
             return False, f"bubblewrap >= 0.8 needed, found {'.'.join(map(str, version))}"
         try:
             job = {"code": "x = 41 + 1\n", "tests": [strict_test_source("assert x == 42")]}
-            res = self._run_sandboxed(job, 10.0)
+            res = self._run_sandboxed(job, 10.0, prestart=False)
         except Exception as e:  # a probe failure is a reason, not a crash
             return False, f"probe failed to start: {type(e).__name__}: {e}"
         if res.status != "ok":
@@ -120,20 +127,12 @@ class CodeSandbox:
             log.exception("code run failed on the verifier side")
             return CodeRunResult("error", 0, len(tests), detail=f"{type(e).__name__}: {e}")
 
-    def _run_sandboxed(self, job: dict, deadline_s: float) -> CodeRunResult:
-        cfg = self.config
-        if self.pool is None:  # not root: the budget sits on top of the user's own processes
-            uid = os.getuid()
-            nproc = len(pids_of_uid(uid)) + cfg.nproc
-            argv = sandbox_argv(cfg, uid=uid, cpu_seconds=deadline_s + _CPU_SLACK_S, nproc=nproc)
-            return self._execute(argv, job, deadline_s, user=None, extra={})
-        lease = self.pool.acquire()  # sweeps a uid that a crashed verifier left dirty
-        emptied = False
+    def _run_sandboxed(self, job: dict, deadline_s: float, *, prestart: bool = True) -> CodeRunResult:
+        started = self.warm.take(math.ceil(deadline_s + _CPU_SLACK_S), refill=prestart)
+        lease, emptied = started.lease, False
         try:
-            argv = sandbox_argv(cfg, uid=lease.uid, cpu_seconds=deadline_s + _CPU_SLACK_S,
-                                nproc=cfg.nproc)
-            result = self._execute(argv, job, deadline_s, user=lease.uid,
-                                   extra={"uid": lease.uid})
+            result = self._execute(started.proc, job, deadline_s,
+                                   extra={} if lease is None else {"uid": lease.uid})
             # bwrap (--as-pid-1) exits 0 only after reaping the harness, pid 1 of the sandbox's
             # pid namespace, which exited 0. The kernel kills every other process of that
             # namespace and waits for all of them to be gone before pid 1 can be reaped, and no
@@ -142,9 +141,30 @@ class CodeSandbox:
             # killed bwrap (deadline, output flood) or it failed.
             emptied = result.extra["returncode"] == 0
         finally:
-            clean = self.pool.release(lease, known_clean=emptied)
-        result.extra.update(uid_clean=clean, uid_cleanup="pid namespace" if emptied else "sweep")
+            clean = self._release(lease, emptied)
+        if lease is not None:
+            result.extra.update(uid_clean=clean, uid_cleanup="pid namespace" if emptied else "sweep")
         return result
+
+    def _start(self, cpu_seconds: int) -> tuple[Future, UidLease | None]:
+        """Spawn one sandbox (on the spawner thread) that waits for its job on stdin."""
+        cfg = self.config
+        if self.pool is None:  # not root: the budget sits on top of the user's own processes
+            uid = os.getuid()
+            nproc = len(pids_of_uid(uid)) + cfg.nproc
+            return spawn_async(sandbox_argv(cfg, uid=uid, cpu_seconds=cpu_seconds,
+                                            nproc=nproc)), None
+        lease = self.pool.acquire()  # sweeps a uid that a crashed verifier left dirty
+        try:
+            argv = sandbox_argv(cfg, uid=lease.uid, cpu_seconds=cpu_seconds, nproc=cfg.nproc)
+            return spawn_async(argv, user=lease.uid), lease
+        except BaseException:
+            self.pool.release(lease)
+            raise
+
+    def _release(self, lease: UidLease | None, known_clean: bool) -> bool:
+        """Give the uid back (swept unless known_clean); True if it has no process left."""
+        return lease is None or self.pool.release(lease, known_clean=known_clean)
 
     def _run_unsandboxed(self, job: dict, deadline_s: float, reason: str) -> CodeRunResult:
         cfg = self.config
@@ -154,9 +174,12 @@ class CodeSandbox:
             user = lease.uid
         nproc = cfg.nproc if user is not None else len(pids_of_uid(os.getuid())) + cfg.nproc
         argv = unsandboxed_argv(cfg, cpu_seconds=deadline_s + _CPU_SLACK_S, nproc=nproc)
+        nonce = secrets.token_hex(16)
         try:
-            result = self._execute(argv, job, deadline_s, user=user,
-                                   extra={"unsandboxed_reason": reason})
+            outcome = run_process(argv, marshal.dumps(dict(job, nonce=nonce), 4),
+                                  deadline_s=deadline_s, user=user,
+                                  stdout_cap=cfg.stdout_cap, stderr_cap=cfg.stderr_cap)
+            result = self._judge(outcome, nonce, job, {"unsandboxed_reason": reason})
         finally:
             if lease is not None:
                 self.pool.release(lease)
@@ -164,12 +187,16 @@ class CodeSandbox:
         result.extra["sandboxed"] = False
         return result
 
-    def _execute(self, argv: list[str], job: dict, deadline_s: float, *,
-                 user: int | None, extra: dict) -> CodeRunResult:
+    def _execute(self, proc: subprocess.Popen, job: dict, deadline_s: float, *,
+                 extra: dict) -> CodeRunResult:
         nonce = secrets.token_hex(16)  # 128 bits: never guessable, fresh for every run
         data = marshal.dumps(dict(job, nonce=nonce), 4)  # format 4: readable by Python >= 3.4
-        outcome = run_process(argv, data, deadline_s=deadline_s, user=user,
-                              stdout_cap=self.config.stdout_cap, stderr_cap=self.config.stderr_cap)
+        outcome = supervise(proc, data, deadline_s=deadline_s, stdout_cap=self.config.stdout_cap,
+                            stderr_cap=self.config.stderr_cap)
+        return self._judge(outcome, nonce, job, extra)
+
+    @staticmethod
+    def _judge(outcome: ProcessOutcome, nonce: str, job: dict, extra: dict) -> CodeRunResult:
         result = judge(outcome, nonce, len(job["tests"]))
         result.extra.update(extra, returncode=outcome.returncode)
         return result

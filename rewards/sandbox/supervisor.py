@@ -3,7 +3,9 @@
 What it guarantees: `run_process` returns by the deadline (plus the time to SIGKILL and reap), whatever
 the child does: it never blocks on a full stdin pipe, never waits for EOF that a grandchild holding
 the pipes would withhold, and keeps at most `stdout_cap`/`stderr_cap` bytes. At the end it SIGKILLs
-the child's whole process group.
+the child's whole process group. `run_process` is `spawn` then `supervise`; a caller may spawn
+ahead of time (`spawn_async`: the child starts and blocks reading its stdin) and supervise later,
+the deadline counting from `supervise`.
 
 Two subtleties:
 - Children are spawned from ONE long-lived thread. bwrap's --die-with-parent uses the parent-death
@@ -62,10 +64,10 @@ class _Spawner:
             except BaseException as e:  # handed to the caller, who raises it
                 fut.set_exception(e)
 
-    def spawn(self, argv: list[str], **kwargs) -> subprocess.Popen:
+    def submit(self, argv: list[str], **kwargs) -> Future:
         fut: Future = Future()
         self._jobs.put((argv, kwargs, fut))
-        return fut.result()
+        return fut
 
 
 _spawner: _Spawner | None = None
@@ -80,6 +82,25 @@ def _get_spawner() -> _Spawner:
         return _spawner
 
 
+def _popen_kwargs(user: int | None, env: dict | None) -> dict:
+    kwargs: dict = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        start_new_session=True, close_fds=True, cwd="/",
+                        env=env if env is not None else {"PATH": "/usr/bin:/bin"})
+    if user is not None:
+        kwargs.update(user=user, group=user, extra_groups=[])
+    return kwargs
+
+
+def spawn_async(argv: list[str], *, user: int | None = None, env: dict | None = None) -> Future:
+    """Start argv (as `user` if given, root only) on the spawner thread; a Future of its Popen."""
+    return _get_spawner().submit(argv, **_popen_kwargs(user, env))
+
+
+def spawn(argv: list[str], *, user: int | None = None, env: dict | None = None) -> subprocess.Popen:
+    """spawn_async, waited for: the started child, its three pipes open."""
+    return spawn_async(argv, user=user, env=env).result()
+
+
 def _exited(pid: int) -> bool:
     """True if the child has exited, without reaping it (so its pid cannot be reused yet)."""
     try:
@@ -89,33 +110,48 @@ def _exited(pid: int) -> bool:
     return info is not None
 
 
+def exited(proc: subprocess.Popen) -> bool:
+    """True if the child has exited (it is not reaped, so its pid cannot be reused yet)."""
+    return _exited(proc.pid)
+
+
 def run_process(argv: list[str], stdin: bytes, *, deadline_s: float, user: int | None = None,
                 env: dict | None = None, stdout_cap: int = 1 << 20,
                 stderr_cap: int = 64 << 10) -> ProcessOutcome:
     """Run argv (as `user` if given, root only) feeding `stdin`; see the module docstring."""
     start = time.monotonic()
-    kwargs: dict = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                        start_new_session=True, close_fds=True, cwd="/",
-                        env=env if env is not None else {"PATH": "/usr/bin:/bin"})
-    if user is not None:
-        kwargs.update(user=user, group=user, extra_groups=[])
-    proc = _get_spawner().spawn(argv, **kwargs)
+    proc = spawn(argv, user=user, env=env)
+    return supervise(proc, stdin, deadline_s=deadline_s, stdout_cap=stdout_cap,
+                     stderr_cap=stderr_cap, start=start)
+
+
+def supervise(proc: subprocess.Popen, stdin: bytes, *, deadline_s: float,
+              stdout_cap: int = 1 << 20, stderr_cap: int = 64 << 10,
+              start: float | None = None) -> ProcessOutcome:
+    """Feed `stdin` to a spawned child and collect its output until it exits or the deadline
+    (counted from `start`, default now) passes; then kill its process group and reap it."""
+    start = time.monotonic() if start is None else start
     try:
         out, err, timed_out, overflow = _pump(proc, stdin, start + deadline_s, stdout_cap,
                                               stderr_cap)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # safe: the child is not reaped yet
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                pipe.close()
-            except OSError:
-                pass
+        discard(proc)
     return ProcessOutcome(proc.returncode, out, err, timed_out, overflow,
                           time.monotonic() - start)
+
+
+def discard(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's process group, reap the child and close its pipes."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # safe: the child is not reaped yet
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            pipe.close()
+        except OSError:
+            pass
 
 
 def _pump(proc: subprocess.Popen, data: bytes, end: float, stdout_cap: int,
