@@ -7,66 +7,135 @@ never pickled tensors:
   whenever rollout membership changes (a new `epoch` prefix each time). gloo on CPU, NCCL on GPU.
 - object store: the buckets as numpy arrays put once into Ray's object store; used by a worker
   that joins mid-run, and as a fallback backend. Receivers get zero-copy views.
+
+The collective path is a pipeline of messages (dllm.weights.message_ranges): the root sends large
+tensors straight from their storage and packs small ones into a few reused staging buffers while
+earlier messages are on the wire; receivers post every receive at once, into their model's own
+flat weight buffers (`receive_into` + dllm.weights.FlatWeights) or into fresh buffers
+(`receive_weights`). Shape for several receivers: gloo's broadcast is a binomial tree that sends
+each whole message log2(N+1) times from the root, so with 2+ gloo receivers the members form a
+chain instead (rank r receives from r-1 and forwards each message to r+1 while the next arrives):
+every link carries the weights once. NCCL's broadcast is already pipelined: used as is.
+
+Every member binds its store, gloo device and NCCL sockets to its own endpoint (cluster.network):
+the node's address and the interface holding it, never what the hostname resolves to.
 This module holds no Ray actors; cluster/actors.py calls it on both sides.
 """
 
 from __future__ import annotations
 
-import socket
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from dllm.weights import WeightBucket, pack_bucket, plan_buckets, to_numpy
+from cluster import network
+from dllm.weights import (
+    FlatWeights,
+    WeightBucket,
+    message_ranges,
+    pack_bucket,
+    pack_range,
+    plan_buckets,
+    source_view,
+    to_numpy,
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the store binds it a moment later)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port nobody listens on at `host` right now (the store binds it a moment later)."""
+    return network.free_port(host)
 
 
 @dataclass(frozen=True)
 class SyncGroupSpec:
-    """Everything a member needs to join one epoch of the broadcast group."""
+    """Everything a member needs to join one epoch of the broadcast group (same for all members)."""
 
-    host: str  # address of the TCPStore, on the root's node
+    host: str  # address of the TCPStore: the root's node address
     port: int
     world_size: int  # 1 root + number of rollout receivers
     epoch: int  # bumped whenever membership changes; prefixes the store keys
     backend: str  # "gloo" or "nccl"
     timeout_s: float = 120.0
+    shape: str = "auto"  # "auto", "broadcast" or "chain" (auto: chain for gloo with 2+ receivers)
+    chunk_mb: int = 32  # largest message
+    solo_mb: int = 1  # tensors at least this large travel alone, from their own storage
+
+    @property
+    def resolved_shape(self) -> str:
+        if self.shape not in ("auto", "broadcast", "chain"):
+            raise ValueError(f"unknown broadcast shape {self.shape!r}")
+        if self.shape != "auto":
+            return self.shape
+        return "chain" if self.backend == "gloo" and self.world_size > 2 else "broadcast"
 
 
 class SyncGroup:
-    """One member's handle on a broadcast group (rank 0 is the learner)."""
+    """One member's handle on a broadcast group (rank 0 is the learner).
 
-    def __init__(self, spec: SyncGroupSpec, rank: int, device: torch.device) -> None:
+    `address` / `interface`: this member's own endpoint (cluster.network.resolve): by default the
+    node's address as Ray knows it, or the interface override from the config."""
+
+    def __init__(
+        self,
+        spec: SyncGroupSpec,
+        rank: int,
+        device: torch.device,
+        address: str | None = None,
+        interface: str | None = None,
+    ) -> None:
         timeout = timedelta(seconds=spec.timeout_s)
-        self.spec, self.rank, self.device = spec, rank, device
+        self.spec, self.rank, self.device = spec, rank, torch.device(device)
+        self.endpoint = network.resolve(spec.host if rank == 0 and address is None else address, interface)
+        self.shape = spec.resolved_shape
+        self._staging: dict[torch.dtype, deque[torch.Tensor]] = {}
         self._store = dist.TCPStore(
             spec.host, spec.port, spec.world_size, is_master=(rank == 0), timeout=timeout
         )
         store = dist.PrefixStore(f"weights-epoch-{spec.epoch}/", self._store)
         if spec.backend == "nccl":
+            network.pin_sockets(self.endpoint, override=interface is not None)
             self._pg = dist.ProcessGroupNCCL(store, rank, spec.world_size, timeout=timeout)
         elif spec.backend == "gloo":
-            self._pg = dist.ProcessGroupGloo(store, rank, spec.world_size, timeout)
+            options = dist.ProcessGroupGloo._Options()
+            options._timeout = timeout
+            options._devices = [network.gloo_device(self.endpoint)]
+            self._pg = dist.ProcessGroupGloo(store, rank, spec.world_size, options)
         else:
             raise ValueError(f"unknown weight-sync backend {spec.backend!r}")
 
     def broadcast(self, tensor: torch.Tensor) -> None:
+        self.broadcast_async(tensor).wait()
+
+    def broadcast_async(self, tensor: torch.Tensor):
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
-        self._pg.broadcast([tensor], opts).wait()
+        return self._pg.broadcast([tensor], opts)
+
+    def send_async(self, tensor: torch.Tensor, dst: int, tag: int):
+        return self._pg.send([tensor], dst, tag)
+
+    def recv_async(self, tensor: torch.Tensor, src: int, tag: int):
+        return self._pg.recv([tensor], src, tag)
+
+    def staging(self, dtype: torch.dtype, count: int = 3) -> deque[torch.Tensor]:
+        """`count` reused chunk-sized buffers per dtype, on the group's device (allocated and
+        touched once per group, not once per sync)."""
+        if dtype not in self._staging:
+            numel = self.spec.chunk_mb * 2**20 // torch.empty((), dtype=dtype).element_size()
+            self._staging[dtype] = deque(torch.zeros(numel, dtype=dtype, device=self.device) for _ in range(count))
+        return self._staging[dtype]
+
+    def messages(self, bucket: WeightBucket) -> list[tuple[int, int]]:
+        return message_ranges(bucket, self.spec.chunk_mb * 2**20, self.spec.solo_mb * 2**20)
 
     def close(self) -> None:
         # Dropping the references tears the group down; gloo has no explicit abort on CPU.
         self._pg = None
         self._store = None
+        self._staging = {}
 
 
 # The learner side passes a state dict: its module's own, or (sharded learners) a gathered copy.
@@ -79,24 +148,88 @@ def plan_for(state: StateDict, bucket_mb: int) -> list[WeightBucket]:
 
 @torch.no_grad()
 def send_weights(group: SyncGroup, state: StateDict, buckets: list[WeightBucket]) -> int:
-    """Root side: pack and broadcast every bucket; returns bytes sent per receiver."""
+    """Root side: send every bucket, message by message, packing the next message while earlier
+    ones are on the wire; returns bytes sent per receiver. `state` must not change until it
+    returns (large tensors are sent from their own storage)."""
+    in_flight: deque = deque()  # (work, staging buffer or None), oldest first
     sent = 0
+    tag = 0
     for bucket in buckets:
-        flat = pack_bucket(bucket, state).to(group.device)  # a gathered copy may sit on the CPU
-        group.broadcast(flat)
+        pool = None  # staging buffers are made only if some message must be packed
+        for start, stop in group.messages(bucket):
+            payload = source_view(bucket, state, start, stop, group.device)
+            staged = None
+            if payload is None:
+                pool = group.staging(bucket.torch_dtype)
+                staged = _free_buffer(pool, in_flight)
+                payload = pack_range(bucket, state, start, stop, staged)
+            work = group.broadcast_async(payload) if group.shape == "broadcast" else group.send_async(payload, 1, tag)
+            in_flight.append((work, staged, pool))
+            tag += 1
         sent += bucket.nbytes
+    while in_flight:
+        work, staged, pool = in_flight.popleft()
+        work.wait()
+        if staged is not None:
+            pool.append(staged)
     return sent
+
+
+def _free_buffer(pool: deque, in_flight: deque) -> torch.Tensor:
+    """A staging buffer nobody is sending from: wait for the oldest messages until one is free."""
+    while not pool:
+        work, staged, owner = in_flight.popleft()
+        work.wait()
+        if staged is not None:
+            owner.append(staged)
+    return pool.popleft()
+
+
+@torch.no_grad()
+def receive_into_buffers(group: SyncGroup, buckets: list[WeightBucket], flats: list[torch.Tensor]) -> int:
+    """Receiver side: fill `flats` (one 1-D buffer per bucket, on the group's device) with the
+    root's weights; every receive is posted before the first wait. Returns bytes received."""
+    if len(flats) != len(buckets):
+        raise ValueError(f"{len(buckets)} bucket plans but {len(flats)} buffers")
+    views = []
+    for bucket, flat in zip(buckets, flats, strict=True):
+        if flat.numel() != bucket.numel or flat.dtype != bucket.torch_dtype:
+            raise ValueError(f"buffer {tuple(flat.shape)} {flat.dtype} does not fit bucket "
+                             f"({bucket.numel},) {bucket.dtype}")
+        views += [flat[start:stop] for start, stop in group.messages(bucket)]
+    if group.shape == "broadcast":
+        for work in [group.broadcast_async(v) for v in views]:
+            work.wait()
+    else:
+        last = group.rank == group.spec.world_size - 1
+        receives = [group.recv_async(v, group.rank - 1, tag) for tag, v in enumerate(views)]
+        forwards = []
+        for tag, (work, view) in enumerate(zip(receives, views, strict=True)):
+            work.wait()
+            if not last:  # forward from the buffer it landed in, while the next one arrives
+                forwards.append(group.send_async(view, group.rank + 1, tag))
+        for work in forwards:
+            work.wait()
+    return sum(b.nbytes for b in buckets)
+
+
+@torch.no_grad()
+def receive_into(group: SyncGroup, buckets: list[WeightBucket], weights: FlatWeights) -> int:
+    """Receiver side, zero-copy: fill `weights.targets()` (the spare set, or the live weights
+    when FlatWeights has no spare). The caller then calls `weights.commit()` under the worker's
+    lock, with the new version; a failure here leaves a spare set half-filled and the model as
+    it was. Returns bytes received."""
+    if weights.buckets != buckets:
+        raise ValueError("FlatWeights was laid out for another bucket plan: rebuild it")
+    return receive_into_buffers(group, buckets, weights.targets())
 
 
 @torch.no_grad()
 def receive_weights(group: SyncGroup, buckets: list[WeightBucket]) -> list[torch.Tensor]:
     """Receiver side: fresh buffers filled by the broadcast (loaded into the model afterwards,
     all at once, so generation never sees half an update)."""
-    flats = []
-    for bucket in buckets:
-        flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=group.device)
-        group.broadcast(flat)
-        flats.append(flat)
+    flats = [torch.empty(b.numel, dtype=b.torch_dtype, device=group.device) for b in buckets]
+    receive_into_buffers(group, buckets, flats)
     return flats
 
 
@@ -175,6 +308,8 @@ __all__ = [
     "free_port",
     "numpy_buckets",
     "plan_for",
+    "receive_into",
+    "receive_into_buffers",
     "receive_weights",
     "send_weights",
 ]

@@ -3,14 +3,21 @@
 A state dict is planned into buckets (one dtype each, at most `bucket_bytes`), each packed into one
 contiguous 1-D tensor. Buckets travel over a torch.distributed broadcast or, as numpy views, through
 the Ray object store; never one message per parameter, never pickled tensors. The plan (names,
-shapes, offsets) is small metadata sent once per receiver. This module only packs and unpacks; it
-knows nothing about Ray or process groups.
+shapes, offsets) is small metadata sent once per receiver.
+
+For a fast transfer a bucket is cut into messages (`message_ranges`): a large tensor travels alone,
+straight from its own storage (`source_view`, no packing copy), runs of small tensors are packed
+into a reused staging buffer (`pack_range`). A receiver can hold its model's weights in flat
+buffers laid out as the plan (`FlatWeights`), so messages land in parameter storage directly, with
+a spare set so that an update is swapped in whole or not at all.
+This module only packs, unpacks and lays out memory; it knows nothing about Ray or process groups.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -144,3 +151,146 @@ def state_from_buckets(
     for bucket, flat in zip(buckets, flats, strict=True):
         state.update(unpack_bucket(bucket, from_numpy(bucket, flat) if isinstance(flat, np.ndarray) else flat))
     return state
+
+
+# ---- messages: how a bucket is cut for the wire ---------------------------------------------------
+
+
+def message_ranges(bucket: WeightBucket, chunk_bytes: int, solo_bytes: int) -> list[tuple[int, int]]:
+    """[start, stop) element ranges covering the bucket's flat buffer, in order.
+
+    A tensor of at least `solo_bytes` gets messages of its own (so it can be sent from its own
+    storage); smaller neighbours are grouped; no message exceeds `chunk_bytes`. Depends on the
+    plan only, so sender and receivers cut the same way without talking."""
+    esize = torch.empty((), dtype=bucket.torch_dtype).element_size()
+    chunk, solo = max(1, chunk_bytes // esize), max(1, solo_bytes // esize)
+    ranges: list[tuple[int, int]] = []
+    run_start = None  # start of a run of small tensors not yet emitted
+
+    def emit(start: int, stop: int) -> None:
+        ranges.extend((a, min(a + chunk, stop)) for a in range(start, stop, chunk))
+
+    for spec in bucket.specs:
+        if spec.numel >= solo:
+            if run_start is not None:
+                emit(run_start, spec.offset)
+                run_start = None
+            emit(spec.offset, spec.offset + spec.numel)
+        elif run_start is None:
+            run_start = spec.offset
+    if run_start is not None:
+        emit(run_start, bucket.numel)
+    return ranges
+
+
+def _overlapping(bucket: WeightBucket, start: int, stop: int) -> list[TensorSpec]:
+    offsets = [s.offset for s in bucket.specs]
+    first = bisect.bisect_right(offsets, start) - 1
+    out = []
+    for spec in bucket.specs[first:]:
+        if spec.offset >= stop:
+            break
+        if spec.offset + spec.numel > start:
+            out.append(spec)
+    return out
+
+
+def source_view(
+    bucket: WeightBucket, state: dict[str, torch.Tensor], start: int, stop: int, device: torch.device
+) -> torch.Tensor | None:
+    """Elements [start, stop) of the bucket as a view of one source tensor's own storage, when
+    they all lie in one contiguous tensor of the bucket's dtype on `device`; else None (pack)."""
+    specs = _overlapping(bucket, start, stop)
+    if len(specs) != 1:
+        return None
+    spec, tensor = specs[0], state[specs[0].name].detach()
+    if tensor.dtype != bucket.torch_dtype or tensor.device != device or not tensor.is_contiguous():
+        return None
+    return tensor.reshape(-1)[start - spec.offset : stop - spec.offset]
+
+
+def pack_range(
+    bucket: WeightBucket, state: dict[str, torch.Tensor], start: int, stop: int, out: torch.Tensor
+) -> torch.Tensor:
+    """Copy elements [start, stop) of the bucket into `out[: stop - start]` (casting to the
+    bucket's dtype and moving to out's device as needed); returns that slice."""
+    dest = out[: stop - start]
+    for spec in _overlapping(bucket, start, stop):
+        lo, hi = max(start, spec.offset), min(stop, spec.offset + spec.numel)
+        src = state[spec.name].detach().reshape(-1)[lo - spec.offset : hi - spec.offset]
+        dest[lo - start : hi - start].copy_(src, non_blocking=False)
+    return dest
+
+
+# ---- the receiver's weights in flat buffers ---------------------------------------------------------
+
+
+@dataclass
+class FlatWeights:
+    """A module's tensors turned into views of flat buffers laid out as a bucket plan.
+
+    Messages are received into `targets()`; `commit()` makes the module use them. With `spare`
+    (the default) there are two sets: targets are the set the module does not use, so a receive
+    that fails half-way leaves the module untouched and commit is a pointer swap (no copy), at the
+    cost of a second copy of the weights in memory. Without `spare` the targets ARE the module's
+    weights: the caller must stop generation for the whole receive and treat a failed receive as
+    torn weights (reload before generating again).
+    Tied tensors (one Parameter under two names) use the first name's range; both are filled.
+    """
+
+    module: nn.Module
+    buckets: list[WeightBucket]
+    spare: bool = True
+    live: list[torch.Tensor] = field(init=False)
+    staged: list[torch.Tensor] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        validate_buckets(self.module, self.buckets)
+        device = next(iter(self.module.state_dict().values())).device
+        self.live = [torch.empty(b.numel, dtype=b.torch_dtype, device=device) for b in self.buckets]
+        state = self.module.state_dict()
+        with torch.no_grad():
+            for bucket, flat in zip(self.buckets, self.live, strict=True):
+                for spec in bucket.specs:
+                    flat[spec.offset : spec.offset + spec.numel].copy_(state[spec.name].reshape(-1))
+        self._bind(self.live)
+        if self.spare:
+            # Touched now (zero-filled), so the first receive does not pay the page faults.
+            self.staged = [torch.zeros_like(flat) for flat in self.live]
+
+    def targets(self) -> list[torch.Tensor]:
+        """The buffers the next update is received into (one per bucket)."""
+        return self.staged if self.staged is not None else self.live
+
+    def commit(self) -> None:
+        """Make the module use the received buffers (with a spare set: swap the two sets)."""
+        if self.staged is not None:
+            self._bind(self.staged)
+            self.live, self.staged = self.staged, self.live
+
+    def stage(self, flats: list[torch.Tensor | np.ndarray]) -> None:
+        """Copy whole buckets (object-store arrays, fresh buffers) into the targets."""
+        for bucket, target, flat in zip(self.buckets, self.targets(), flats, strict=True):
+            target.copy_(from_numpy(bucket, flat) if isinstance(flat, np.ndarray) else flat)
+
+    def _bind(self, flats: list[torch.Tensor]) -> None:
+        seen: set[int] = set()
+        with torch.no_grad():
+            for bucket, flat in zip(self.buckets, flats, strict=True):
+                views = unpack_bucket(bucket, flat)
+                for spec in bucket.specs:
+                    tensor = _module_tensor(self.module, spec.name)
+                    if id(tensor) in seen:  # a tied weight: already bound under its first name
+                        continue
+                    seen.add(id(tensor))
+                    tensor.data = views[spec.name]
+
+
+def _module_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    owner, _, leaf = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    if leaf in sub._parameters:
+        return sub._parameters[leaf]
+    if leaf in sub._buffers:
+        return sub._buffers[leaf]
+    raise KeyError(f"{name!r} is neither a parameter nor a buffer of the module")
