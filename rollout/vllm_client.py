@@ -92,6 +92,7 @@ class VLLMRolloutClient:
         log_path: str | Path | None = None,
         tokenizer=None,
         env: dict[str, str] | None = None,
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.model_path = Path(model_path).resolve()
@@ -115,6 +116,9 @@ class VLLMRolloutClient:
         )
         config = {"model_path": str(self.model_path), "eos_id": self.eos_id, "dtype": dtype,
                   "max_model_len": max_model_len, "seed": self.seed}  # fmt: skip
+        # e.g. {"gpu_memory_utilization": 0.3, "enforce_eager": False} on a GPU; an unknown key
+        # fails in the worker with VLLMEngine's TypeError naming it.
+        config.update(engine_options or {})
         self._sock, child = socket.socketpair()
         worker_env = dict(os.environ)
         worker_env.update({

@@ -74,6 +74,8 @@ def test_sampled_logprobs_match_teacher_forcing(vllm_client, prompts):
     other = vllm_client.generate(prompts, 4, seed=8)
     assert [r.response_ids for r in other] != [r.response_ids for r in rollouts]
     assert len({tuple(r.response_ids) for r in rollouts[:4]}) > 1
+    alone = vllm_client.generate(prompts[:1], 4, seed=7)  # the batch around a sample is irrelevant
+    assert [r.response_ids for r in alone] == [r.response_ids for r in rollouts[:4]]
     for r in rollouts:
         assert len(r.response_ids) == len(r.logprobs) == 16
         assert r.logprobs[r.num_tokens :] == [0.0] * (16 - r.num_tokens)
