@@ -36,13 +36,15 @@ the test being executed from the caller's frame. That needs knowledge of this ha
 a reward hack, not an escape: the sandbox around it still holds.
 """
 
-from __future__ import annotations
-
+# Start-up is part of every run's cost, so only built-in modules and math/select (small C
+# extensions) are imported: `posix` is what `os` wraps, and importing `os` itself (with
+# _collections_abc, posixpath, stat) or `operator` would add about 0.8 ms per run. No
+# `from __future__ import annotations` either (one more import): annotations that Python 3.8
+# cannot evaluate are strings.
 import builtins
 import marshal
 import math
-import operator
-import os
+import posix
 import select
 import sys
 
@@ -132,7 +134,8 @@ def _strict_eq(a: object, b: object) -> bool:
     return a == b  # str, bytes, None, complex, sets: builtin __eq__ over plain members
 
 
-_ORDER_OPS = {"Lt": operator.lt, "LtE": operator.le, "Gt": operator.gt, "GtE": operator.ge,
+_ORDER_OPS = {"Lt": lambda a, b: a < b, "LtE": lambda a, b: a <= b,
+              "Gt": lambda a, b: a > b, "GtE": lambda a, b: a >= b,
               "In": lambda a, b: a in b, "NotIn": lambda a, b: a not in b}
 
 
@@ -170,13 +173,13 @@ def compile_test(source: str, filename: str) -> object:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[posix.write(fd, view):]
 
 
 def _read_to_eof(fd: int) -> bytes:
     chunks = []
     while True:
-        chunk = os.read(fd, 1 << 20)
+        chunk = posix.read(fd, 1 << 20)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -193,20 +196,20 @@ class _Reports:
     def __init__(self, fd: int, pid: int) -> None:
         self.fd, self.pid, self.buf, self.exited = fd, pid, b"", False
 
-    def next(self) -> tuple[str, int, bool, str] | None:
+    def next(self) -> "tuple[str, int, bool, str] | None":
         """The next well-formed line, or None when W is gone or misbehaves."""
         while b"\n" not in self.buf:
             if len(self.buf) > _MAX_MSG:
                 return None
             ready, _, _ = select.select([self.fd], [], [], 0.05)
             if ready:
-                chunk = os.read(self.fd, 1 << 16)
+                chunk = posix.read(self.fd, 1 << 16)
                 if not chunk:
                     return None
                 self.buf += chunk
             elif self.exited:
                 return None  # W is dead and a descendant holds the pipe without writing
-            elif os.waitpid(self.pid, os.WNOHANG)[0]:
+            elif posix.waitpid(self.pid, posix.WNOHANG)[0]:
                 self.exited = True  # one more round drains what W wrote before dying
         line, self.buf = self.buf.split(b"\n", 1)
         parts = line.decode("ascii", "replace").split(" ")
@@ -239,10 +242,10 @@ def _describe(exc: BaseException) -> str:
 
 def _worker(job_r: int, res_w: int) -> None:
     """W: run candidate code, then the tests; report over res_w. Never returns."""
-    report, exit_now = _report, os._exit  # bound before candidate code can patch the modules
-    devnull = os.open(os.devnull, os.O_RDWR)
+    report, exit_now = _report, posix._exit  # bound before candidate code can patch the modules
+    devnull = posix.open("/dev/null", posix.O_RDWR)
     for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
+        posix.dup2(devnull, fd)
     clean_builtins = dict(vars(builtins))
     code = _read_message(job_r)
     env = {"__name__": "__candidate__", "__builtins__": builtins}
@@ -270,18 +273,18 @@ def _worker(job_r: int, res_w: int) -> None:
 
 def _read_message(fd: int) -> object:
     """P -> W: one length-prefixed marshalled object."""
-    head = os.read(fd, 8)
+    head = posix.read(fd, 8)
     while len(head) < 8:
-        more = os.read(fd, 8 - len(head))
+        more = posix.read(fd, 8 - len(head))
         if not more:
-            os._exit(3)
+            posix._exit(3)
         head += more
     size = int.from_bytes(head, "little")
     chunks, got = [], 0
     while got < size:
-        chunk = os.read(fd, min(size - got, 1 << 20))
+        chunk = posix.read(fd, min(size - got, 1 << 20))
         if not chunk:
-            os._exit(3)
+            posix._exit(3)
         chunks.append(chunk)
         got += len(chunk)
     return marshal.loads(b"".join(chunks))  # written by P, which is trusted
@@ -316,18 +319,18 @@ def _make_undumpable() -> None:
 
 
 def main() -> None:
-    job_r, job_w = os.pipe()
-    res_r, res_w = os.pipe()
-    pid = os.fork()
+    job_r, job_w = posix.pipe()
+    res_r, res_w = posix.pipe()
+    pid = posix.fork()
     if pid == 0:
-        os.close(job_w)
-        os.close(res_r)
+        posix.close(job_w)
+        posix.close(res_r)
         _worker(job_r, res_w)
-    os.close(job_r)
-    os.close(res_w)
+    posix.close(job_r)
+    posix.close(res_w)
     job = marshal.loads(_read_to_eof(0))  # from the host verifier, which is trusted
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
+    devnull = posix.open("/dev/null", posix.O_RDONLY)
+    posix.dup2(devnull, 0)
     _make_undumpable()
     nonce, tests = str(job["nonce"]), list(job["tests"])
     out = sys.stdout
@@ -364,7 +367,7 @@ def main() -> None:
     if len(results) == len(tests) and not why:
         out.write(f"{nonce} done {len(tests)}\n")
     out.flush()
-    os._exit(0)  # as pid 1 our exit makes the kernel kill whatever W left behind
+    posix._exit(0)  # as pid 1 our exit makes the kernel kill whatever W left behind
 
 
 if __name__ == "__main__":
