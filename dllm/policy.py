@@ -6,7 +6,10 @@ policy knows its mask, EOS and pad ids. Differences hidden here:
 - Dream is trained with shifted logits (position i-1 predicts token i): they are shifted back.
 - Padding: batches are left-padded; models that take `position_ids` get positions that start at
   0 on the first real token, so a padded sequence sees exactly what it would see alone.
-- LLaDA's and Dream's remote code take the padding mask in different shapes.
+- LLaDA and Dream load as the native classes of dllm.models by default (our code: they honour
+  the padding mask and positions and use a transformers KV cache); their official remote code is
+  an explicit opt-in (`implementation="remote"`). The remote codes take the padding mask in
+  different shapes, and LLaDA's ignores it.
 This module does not sample (rollout/) or compute likelihoods (learner/).
 """
 
@@ -19,11 +22,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dllm.models import NATIVE_CLASSES, NATIVE_CONFIG_KEYS
 from dllm.precision import resolve_device, resolve_dtype
 
 # LLaDA's remote config does not always carry the mask id; its model card fixes it.
 LLADA_MASK_ID = 126336
 KINDS = ("llama", "llada", "dream")
+IMPLEMENTATIONS = ("native", "remote")  # how LLaDA and Dream are loaded (see load_policy)
+_NATIVE_TYPES = tuple(NATIVE_CLASSES.values())
 
 
 @dataclass
@@ -67,6 +73,18 @@ class Policy(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @property
+    def shifted_logits(self) -> bool:
+        """True when the model's raw output at i-1 predicts token i (Dream): `forward` realigns
+        it, so the aligned logit of position i needs position i-1 in the same forward (a cached
+        query must start one position early; rollout/kv_cache.py does)."""
+        return self.kind == "dream"
+
+    @property
+    def native(self) -> bool:
+        """True for the in-repo LLaDA / Dream classes and the tiny Llama (no remote code)."""
+        return self.kind == "llama" or isinstance(self.model, _NATIVE_TYPES)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -91,14 +109,16 @@ class Policy(nn.Module):
     def _padding_kwargs(self, attention_mask: torch.Tensor, kwargs: dict) -> dict:
         mask = attention_mask.to(torch.long)
         extra: dict = {}
-        if self.kind in ("llama", "dream") and "position_ids" not in kwargs:
+        # LLaDA's remote code takes no positions; every other model gets them.
+        takes_positions = self.native or self.kind == "dream"
+        if takes_positions and "position_ids" not in kwargs:
             extra["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-        if self.kind == "dream":
+        if self.kind == "dream" and not self.native:
             # Dream's remote code expects a [B, 1, T, T] boolean mask (real query x real key).
             keep = mask.bool()
             extra["attention_mask"] = keep[:, None, :, None] & keep[:, None, None, :]
         else:
-            extra["attention_mask"] = mask
+            extra["attention_mask"] = mask  # [B, keys]: the native classes and the tiny Llama
         return extra
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
@@ -112,18 +132,32 @@ class Policy(nn.Module):
             self.tokenizer.save_pretrained(path)
 
 
-def _read_model_type(path: Path) -> str:
-    cfg = json.loads((path / "config.json").read_text())
-    return str(cfg.get("model_type", "")).lower()
+def _read_config(name_or_path: str | Path) -> dict:
+    """The checkpoint's raw config.json as a dict (local folder, or a hub name: only the config
+    file is fetched, and no code is run to read it)."""
+    local = Path(name_or_path)
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise FileNotFoundError(f"{local} has no config.json: not a model checkpoint folder")
+        return json.loads((local / "config.json").read_text())
+    from transformers import PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(str(name_or_path))
+    return config
 
 
-def _kind_of(model_type: str, name: str) -> str:
-    if "llada" in model_type or "llada" in name.lower():
-        return "llada"
-    if "dream" in model_type or "dream" in name.lower():
-        return "dream"
+def _kind_of(config: dict, name: str) -> str:
+    """Which diffusion LM a config describes: by model_type, then architectures, then the name."""
+    model_type = str(config.get("model_type", "")).lower()
+    architectures = " ".join(config.get("architectures") or []).lower()
+    for kind in ("llada", "dream"):
+        if kind in model_type or kind in architectures:
+            return kind
     if model_type == "llama":
         return "llama"
+    for kind in ("llada", "dream"):
+        if kind in name.lower():
+            return kind
     raise ValueError(
         f"cannot tell which diffusion LM {name!r} is (model_type={model_type!r}); "
         "supported: the tiny bidirectional llama, LLaDA, Dream"
@@ -146,25 +180,27 @@ def load_policy(
     dtype: str | torch.dtype | None = "auto",
     trust_remote_code: bool = True,
     attn_implementation: str | None = None,
+    implementation: str = "native",
 ) -> Policy:
-    """Load a checkpoint folder or hub name (LLaDA and Dream need `trust_remote_code`)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, LlamaForCausalLM
+    """Load a checkpoint folder or hub name as a `Policy`.
+
+    `implementation` applies to LLaDA and Dream: "native" (default) builds the in-repo class of
+    dllm.models from the official config.json and safetensors, no remote code run; "remote" runs
+    the checkpoint's own modeling code (`trust_remote_code` must be True). `trust_remote_code`
+    also governs the tokenizer (Dream's ships its own tokenizer code). `attn_implementation`
+    applies to the tiny Llama and remote code; the native classes always use SDPA.
+    """
+    from transformers import AutoModel, AutoTokenizer, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no per-shard progress bars in worker logs
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    local = Path(name_or_path)
-    if local.exists():
-        if not (local / "config.json").exists():
-            raise FileNotFoundError(f"{local} has no config.json: not a model checkpoint folder")
-        model_type = _read_model_type(local)
-    else:  # a hub name: only the config is fetched first, to pick the class
-        model_type = AutoConfig.from_pretrained(
-            str(name_or_path), trust_remote_code=trust_remote_code
-        ).model_type.lower()
-    kind = _kind_of(model_type, str(name_or_path))
+    raw_config = _read_config(name_or_path)
+    kind = _kind_of(raw_config, str(name_or_path))
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if kind == "llama":
         model = LlamaForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype, **extra)
@@ -172,9 +208,25 @@ def load_policy(
             raise ValueError(
                 f"{name_or_path} is a causal Llama (is_causal is not False): not a diffusion LM"
             )
+    elif implementation == "native":
+        if attn_implementation not in (None, "sdpa"):
+            raise ValueError(
+                f"the native {kind} class uses SDPA only; attn_implementation={attn_implementation!r} "
+                "needs implementation='remote'"
+            )
+        missing = [key for key in NATIVE_CONFIG_KEYS[kind] if key not in raw_config]
+        if missing:
+            raise ValueError(
+                f"{name_or_path} is a {kind} checkpoint whose config.json lacks {missing}: not the "
+                f"official {kind} config format the native class reads (implementation='remote' "
+                "runs the checkpoint's own code)"
+            )
+        model = NATIVE_CLASSES[kind].from_pretrained(str(name_or_path), dtype=torch_dtype)
     else:
+        if not trust_remote_code:
+            raise ValueError("implementation='remote' runs the checkpoint's code: it needs trust_remote_code=True")
         model = AutoModel.from_pretrained(
-            str(name_or_path), trust_remote_code=trust_remote_code, dtype=torch_dtype, **extra
+            str(name_or_path), trust_remote_code=True, dtype=torch_dtype, **extra
         )
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"  # the project's one padding convention (see module docstring)

@@ -12,7 +12,14 @@ back after every step; the dual cache stores prefix and suffix side by side and 
 K/V are appended after them. Attention is a sum over keys, so the key order does not matter once
 RoPE has been applied (positions travel in `position_ids`; the padding mask is permuted the same
 way). Models whose cache is not a transformers `Cache` (LLaDA's remote code returns tuples) are
-refused with an error rather than run without a cache. This module does not choose tokens.
+refused with an error rather than run without a cache.
+
+Shifted models (Dream: the raw output at i-1 predicts token i; `Policy.shifted_logits`): the
+aligned logit of the block's first position comes from the position before the block, so cached
+queries start one position early (that position's K/V are recomputed, not read from the cache)
+and its own output is dropped. Without that, the first token of every block would be predicted
+from the wrong hidden state in every cached step.
+This module does not choose tokens.
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ def cache_argument_name(model) -> str:
             if name in params:
                 return name
     raise ValueError(f"{type(model).__name__} takes no KV cache argument ({CACHE_ARG_NAMES})")
+
+
+def _lead(model, start: int) -> int:
+    """How many positions before the block a cached query must start at: 1 for a shifted model
+    (Dream), so the block's first aligned logit is computed; 0 otherwise (or at position 0)."""
+    return 1 if getattr(model, "shifted_logits", False) and start > 0 else 0
 
 
 def _padding_or_none(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -78,7 +91,8 @@ class BlockForward:
 
 
 class PrefixCacheForward(BlockForward):
-    """Fast-dLLM prefix cache: K/V of x[:, :start] from the block's first (full) forward."""
+    """Fast-dLLM prefix cache: K/V of x[:, :start] from the block's first (full) forward
+    (x[:, :start - 1] for a shifted model, whose query starts at start - 1)."""
 
     def __init__(self, model, attention_mask, position_ids) -> None:
         super().__init__(model, attention_mask, position_ids)
@@ -96,20 +110,22 @@ class PrefixCacheForward(BlockForward):
         return out, cache
 
     def __call__(self, x, start, end, first_step):
+        lead = _lead(self.model, start)
+        first = start - lead  # the first queried position
         if first_step or self.cache is None:
             out, self.cache = self._refresh(x)
-            self.cache.crop(start - self.cache.get_seq_length())  # keep positions [0, start)
+            self.cache.crop(first - self.cache.get_seq_length())  # keep positions [0, first)
             return _logits(out)[:, start:end]
         self.nfe += 1
         out = self.model(
-            x[:, start:],
+            x[:, first:],
             attention_mask=_padding_or_none(self.full_mask),
-            position_ids=self.position_ids[:, start:],
+            position_ids=self.position_ids[:, first:],
             use_cache=True,
             **{self.cache_arg: self.cache},
         )
-        self.cache.crop(start - self.cache.get_seq_length())  # drop the K/V this query appended
-        return _logits(out)[:, : end - start]
+        self.cache.crop(first - self.cache.get_seq_length())  # drop the K/V this query appended
+        return _logits(out)[:, lead : lead + end - start]
 
 
 class DualCacheForward(PrefixCacheForward):
@@ -129,24 +145,26 @@ class DualCacheForward(PrefixCacheForward):
         return rebuilt
 
     def __call__(self, x, start, end, first_step):
+        lead = _lead(self.model, start)
+        first = start - lead  # the first queried position: the block, or one before it
         if first_step or self.cache is None:
             out, cache = self._refresh(x)
-            self.cache = self._outside_block(cache, start, end)
+            self.cache = self._outside_block(cache, first, end)
             if self.full_mask is not None:
                 m = self.full_mask
-                # Keys are ordered [prefix, suffix, block] from here on; the mask follows.
-                self.block_mask = torch.cat([m[:, :start], m[:, end:], m[:, start:end]], dim=1)
+                # Keys are ordered [prefix, suffix, queried] from here on; the mask follows.
+                self.block_mask = torch.cat([m[:, :first], m[:, end:], m[:, first:end]], dim=1)
             return _logits(out)[:, start:end]
         self.nfe += 1
         out = self.model(
-            x[:, start:end],
+            x[:, first:end],
             attention_mask=_padding_or_none(self.block_mask),
-            position_ids=self.position_ids[:, start:end],
+            position_ids=self.position_ids[:, first:end],
             use_cache=True,
             **{self.cache_arg: self.cache},
         )
-        self.cache.crop(start - end)  # drop the block's K/V appended by this query
-        return _logits(out)
+        self.cache.crop(first - end)  # drop the K/V this query appended
+        return _logits(out)[:, lead:]
 
 
 def make_block_forward(

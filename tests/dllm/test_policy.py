@@ -1,4 +1,7 @@
-"""The model layer: tiny model round trip, padding, and the remote-code loading paths (offline)."""
+"""The model layer: tiny model round trip, padding, and the remote-code loading path (offline).
+
+The stand-in remote code is loaded with implementation="remote" (the native classes, the default,
+are tested in test_native_models.py)."""
 
 import json
 import shutil
@@ -16,9 +19,9 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "remote_models"
 
 def test_tiny_model_is_bidirectional():
     policy = build_tiny_policy(seed=0)
-    x = torch.randint(5, 100, (1, 12))
+    x = torch.randint(5, 100, (1, 12), generator=torch.Generator().manual_seed(0))
     y = x.clone()
-    y[0, -1] = (y[0, -1] + 1) % 100 + 5
+    y[0, -1] = 5 + (y[0, -1] - 5 + 1) % 95  # another ordinary id, still inside the 101-token vocab
     with torch.no_grad():
         first_a = policy(x).logits[0, 0]
         first_b = policy(y).logits[0, 0]
@@ -103,7 +106,7 @@ def _remote_checkpoint(path: Path, model_type: str, shift: bool, mask_token_id: 
 @pytest.mark.parametrize("model_type,shift,kind", [("llada", False, "llada"), ("Dream", True, "dream")])
 def test_remote_code_models_load_with_aligned_logits(tmp_path, model_type, shift, kind):
     ckpt = _remote_checkpoint(tmp_path / model_type, model_type, shift, mask_token_id=77)
-    policy = load_policy(ckpt, device="cpu", dtype="fp32")
+    policy = load_policy(ckpt, device="cpu", dtype="fp32", implementation="remote")
     assert policy.kind == kind
     assert policy.mask_id == 77  # read from config.mask_token_id, not hard-coded
     x = torch.randint(5, 100, (2, 8))
@@ -116,7 +119,7 @@ def test_remote_code_models_load_with_aligned_logits(tmp_path, model_type, shift
 
 def test_dream_gets_a_4d_padding_mask_and_positions(tmp_path):
     ckpt = _remote_checkpoint(tmp_path / "dream", "Dream", True, mask_token_id=77)
-    policy = load_policy(ckpt, device="cpu", dtype="fp32")
+    policy = load_policy(ckpt, device="cpu", dtype="fp32", implementation="remote")
     x = torch.randint(5, 100, (1, 6))
     mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
     policy(x, attention_mask=mask)
@@ -126,9 +129,24 @@ def test_dream_gets_a_4d_padding_mask_and_positions(tmp_path):
     assert policy.model.last_position_ids.tolist() == [[0, 0, 0, 1, 2, 3]]
 
 
+@pytest.mark.parametrize("model_type", ["llada", "Dream"])
+def test_native_default_refuses_a_config_it_cannot_read(tmp_path, model_type):
+    # The stand-in's config has none of the official shape fields: the native class must not
+    # fall back to its defaults (an 8B / 7B model), and says how to load it instead.
+    ckpt = _remote_checkpoint(tmp_path / model_type, model_type, False, mask_token_id=77)
+    with pytest.raises(ValueError, match="implementation='remote'"):
+        load_policy(ckpt, device="cpu", dtype="fp32")
+
+
+def test_remote_needs_trust_remote_code(tmp_path):
+    ckpt = _remote_checkpoint(tmp_path / "llada", "llada", False, mask_token_id=77)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_policy(ckpt, device="cpu", implementation="remote", trust_remote_code=False)
+
+
 def test_llada_mask_id_falls_back_to_the_model_card_value(tmp_path):
     ckpt = _remote_checkpoint(tmp_path / "llada", "llada", False, mask_token_id=None)
-    policy = load_policy(ckpt, device="cpu", dtype="fp32")
+    policy = load_policy(ckpt, device="cpu", dtype="fp32", implementation="remote")
     # The char tokenizer defines [MASK], and the tokenizer wins over the constant.
     assert policy.mask_id == policy.tokenizer.mask_token_id
 
