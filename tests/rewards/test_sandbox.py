@@ -143,6 +143,78 @@ def test_allow_unsandboxed_runs_and_says_so():
     assert timeout.status == "timeout"
 
 
+# ----- sandboxes started ahead (warm.py) and the uid left behind --------------------------------
+def _live(uid: int) -> list[int]:
+    return pids_of_uid(uid, zombies=False)
+
+
+@needs_root
+def test_each_prestarted_sandbox_serves_one_run_and_leaves_nothing(sandbox):
+    runs = [sandbox.run("def f(x):\n    return x + 1\n", TEST_F, deadline_s=5) for _ in range(5)]
+    assert [r.status for r in runs] == ["ok"] * 5
+    uids = [r.extra["uid"] for r in runs]
+    assert len(set(uids)) == 5  # a fresh uid, so a fresh sandbox, for every run
+    waiting = sandbox.warm.reserved_uids()
+    assert waiting and not waiting & set(uids)
+    for r in runs:  # the harness exited by itself: the emptied pid namespace is the proof
+        assert r.extra["uid_cleanup"] == "pid namespace" and r.extra["uid_clean"] is True
+        assert _live(r.extra["uid"]) == []
+    for uid in waiting:  # the next runs' sandboxes: started, waiting on stdin
+        assert _live(uid)
+
+
+@needs_root
+def test_timeout_sweeps_the_uid(sandbox):
+    r = sandbox.run("import os\nos.fork()\nwhile True:\n    pass\n", TEST_F, deadline_s=0.5)
+    assert r.status == "timeout" and r.extra["uid_cleanup"] == "sweep"
+    assert r.extra["uid_clean"] is True and _live(r.extra["uid"]) == []
+
+
+@needs_bwrap
+def test_deadline_counts_from_the_job_not_from_the_start():
+    box = CodeSandbox(SandboxConfig(uid_base=261_000, uid_count=20))
+    assert box.available()
+    box.run("x = 1\n", ["assert x == 1"], deadline_s=1.0)  # leaves a sandbox waiting
+    time.sleep(1.5)  # longer than the deadline: waiting is not running
+    r = box.run("import time\ntime.sleep(0.3)\ndef f(x):\n    return x + 1\n", TEST_F,
+                deadline_s=1.0)
+    assert r.status == "ok", r.detail
+    box.warm.close()
+
+
+@needs_bwrap
+def test_prestarted_sandbox_that_died_is_replaced_and_close_frees_everything():
+    box = CodeSandbox(SandboxConfig(uid_base=261_100, uid_count=20))
+    assert box.available()
+    box.run("x = 1\n", ["assert x == 1"], deadline_s=5)
+    deadline = time.monotonic() + 10
+    while not box.warm._ready.get(6) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waiting = box.warm._ready[6][0]
+    os.killpg(waiting.proc.pid, 9)  # killed from outside while it waited for its job
+    waiting.proc.wait()
+    r = box.run("def f(x):\n    return x + 1\n", TEST_F, deadline_s=5)
+    assert r.status == "ok", r.detail
+    reserved = box.warm.reserved_uids()
+    box.warm.close()
+    if os.geteuid() == 0:
+        for uid in reserved | {r.extra["uid"]}:
+            assert _live(uid) == []
+
+
+@needs_root
+def test_uid_left_dirty_by_a_crashed_holder_is_swept_before_reuse(tmp_path):
+    uid = 300_200
+    (tmp_path / str(uid)).write_bytes(b"1")  # a lease whose holder died mid-run
+    leftover = subprocess.Popen(["sleep", "60"], user=uid, group=uid, extra_groups=[],
+                                start_new_session=True)
+    pool = UidPool(uid, 1, str(tmp_path))
+    lease = pool.acquire()
+    assert lease.uid == uid and leftover.wait(timeout=5) == -9
+    assert pool.release(lease, known_clean=True)
+    assert (tmp_path / str(uid)).read_bytes() == b""  # released clean: no sweep next time
+
+
 # ----- supervisor ------------------------------------------------------------------------------
 def test_grandchild_holding_the_pipes_does_not_hang_us():
     start = time.monotonic()
