@@ -67,7 +67,8 @@ class CodeSandbox:
         self.is_root = os.geteuid() == 0
         self.pool = UidPool(self.config.uid_base, self.config.uid_count) if self.is_root else None
         self.warm = WarmPool(self.config.prestart, self._start, self._release)
-        weakref.finalize(self, self.warm.close)  # also at interpreter exit
+        # The pool refers back to this sandbox, so this runs at interpreter exit at the latest.
+        weakref.finalize(self, self.warm.close)
         self._probe_lock = threading.Lock()
         self._probe: tuple[bool, str] | None = None
         self._probed_at = 0.0

@@ -12,11 +12,12 @@ The job, nonce included, reaches a sandbox only when its run begins, and the har
 worker before reading it (rewards/code_harness.py), as before.
 
 Self-sizing: each `take` starts one replacement, so the pool holds about one sandbox per caller
-running at the same time, never more than `limit`. A sandbox keeps its uid leased while it waits.
+running at the same time, never more than `limit` (waiting and starting, all keys together). A
+sandbox keeps its uid leased while it waits. A key is the CPU-seconds limit that prlimit fixed at
+start, i.e. the deadline; a full pool makes room by evicting a sandbox of another key.
 
-What it does NOT do: keep sandboxes for other keys (a key is the CPU-seconds limit, i.e. the
-deadline, that prlimit fixed at start), or restart sandboxes that died while waiting (they are
-discarded when found).
+What it does NOT do: restart sandboxes that died while waiting (they are discarded when found),
+or time out sandboxes that wait long (they use no CPU; `close` or interpreter exit ends them).
 """
 
 from __future__ import annotations
@@ -105,10 +106,20 @@ class WarmPool:
 
     # ----- internals ------------------------------------------------------------------------
     def _refill(self, key: int) -> None:
+        evicted = None
         with self._lock:
-            if self._closed or len(self._ready.get(key, ())) + self._pending >= self.limit:
+            if self._closed or self.limit <= 0:
                 return
+            if sum(map(len, self._ready.values())) + self._pending >= self.limit:
+                # Full: make room only by evicting a sandbox waiting for another deadline.
+                other = next((q for k, q in self._ready.items() if k != key and q), None)
+                if other is None:
+                    return
+                evicted = other.popleft()
+                self._unreserve(evicted.lease)
             self._pending += 1
+        if evicted is not None:
+            self._discard(evicted)
         try:
             fut, lease = self._start(key)
         except Exception:  # no free uid, say: the next run starts its own sandbox

@@ -203,6 +203,17 @@ def test_prestarted_sandbox_that_died_is_replaced_and_close_frees_everything():
 
 
 @needs_root
+def test_warm_pool_is_bounded_across_deadlines():
+    box = CodeSandbox(SandboxConfig(uid_base=261_200, uid_count=20, prestart=2))
+    assert box.available()
+    for deadline in (1, 2, 3, 4, 5, 6):  # each deadline is its own key (prlimit's CPU seconds)
+        assert box.run("x = 1\n", ["assert x == 1"], deadline_s=deadline).status == "ok"
+    time.sleep(0.5)
+    assert len(box.warm.reserved_uids()) <= 2
+    box.warm.close()
+
+
+@needs_root
 def test_uid_left_dirty_by_a_crashed_holder_is_swept_before_reuse(tmp_path):
     uid = 300_200
     (tmp_path / str(uid)).write_bytes(b"1")  # a lease whose holder died mid-run
