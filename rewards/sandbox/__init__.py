@@ -6,9 +6,11 @@ Public API:
     run_tests(code, tests, *, deadline_s, allow_unsandboxed=False, guard=()) -> CodeRunResult
     CodeSandbox(config) for a non-default configuration; SandboxConfig for the limits.
 
-Modules: launcher (prlimit/bwrap argv, interpreter choice), supervisor (deadline, output caps,
-process-group kill), uid_pool (fresh uid per run, after-run sweep), runner (nonce protocol,
-verdicts, modes), strict_rewrite (host-side AST rewrite of test code). The harness that runs inside is rewards/code_harness.py.
+Modules: launcher (prlimit/bwrap argv, interpreter choice, precompiled harness), supervisor
+(deadline, output caps, process-group kill), uid_pool (fresh uid per run, sweep), warm (the next
+sandbox started while the current run goes on), runner (nonce protocol, verdicts, modes, when a
+uid needs no sweep), strict_rewrite (host-side AST rewrite of test code). The harness that runs
+inside is rewards/code_harness.py.
 
 What the sandbox protects against (each has a test in tests/rewards/test_hostile_code.py): fork and
 thread bombs, infinite loops, sleeps, memory hogs, writes outside the sandbox, filling /tmp, huge

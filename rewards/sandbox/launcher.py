@@ -1,6 +1,7 @@
-"""Build the command lines that start the code harness: prlimit -> bwrap -> python -I harness.
+"""Build the command lines that start the code harness: prlimit -> bwrap -> python -I -S harness.
 
-This module only builds argv lists and stages files; it starts nothing (supervisor.py does).
+This module only builds argv lists and stages files (the harness, compiled once per process by
+the sandbox's interpreter); it starts nothing (supervisor.py and warm.py do).
 
 The sandbox recipe (rewards.md section 3): prlimit caps address space, processes, file size, open
 files, CPU time and core dumps; bwrap unshares every namespace (user, pid, net, ipc, uts, cgroup,

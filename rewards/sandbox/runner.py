@@ -17,6 +17,9 @@ Modes, chosen once per process:
   a cleared environment and the deadline only; the code can read and write whatever the verifier
   user can. Results carry extra["sandboxed"] = False.
 Fail closed: without a sandbox and without the opt-in, the status is `sandbox_unavailable`.
+
+Sandboxed runs take a sandbox started ahead of time (warm.py; SandboxConfig.prestart = 0 turns
+that off): the deadline and CodeRunResult.seconds count from when the job is written to it.
 """
 
 from __future__ import annotations
