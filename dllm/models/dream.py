@@ -33,7 +33,6 @@ from dllm.models.layers import (
     key_padding_mask,
 )
 
-
 # Shape fields an official config.json always carries; without them the defaults would build 7B.
 CONFIG_KEYS = (
     "hidden_size",
@@ -133,7 +132,7 @@ class DreamAttention(nn.Module):
         self.v_proj = nn.Linear(d, kv, bias=True)
         self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
 
-    def forward(self, x, position_ids, attention_mask, cache: Cache | None) -> torch.Tensor:
+    def forward(self, x, position_ids, key_mask, cache: Cache | None) -> torch.Tensor:
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -141,9 +140,8 @@ class DreamAttention(nn.Module):
         q, k = apply_rope(q, k, position_ids, self.rope_theta, full_precision=False)
         if cache is not None:  # keys are stored rotated: their positions travel with them
             k, v = cache.update(k, v, self.layer_idx)
-        mask = key_padding_mask(attention_mask, batch, k.shape[2])
         dropout = self.attention_dropout if self.training else 0.0
-        return self.o_proj(attend(q, k, v, mask, dropout))
+        return self.o_proj(attend(q, k, v, key_mask, dropout))
 
 
 class DreamMLP(nn.Module):
@@ -168,8 +166,8 @@ class DreamDecoderLayer(nn.Module):
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, position_ids, attention_mask, cache) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), position_ids, attention_mask, cache)
+    def forward(self, x, position_ids, key_mask, cache) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), position_ids, key_mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -185,10 +183,10 @@ class DreamBaseModel(nn.Module):
         )
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
+    def forward(self, input_ids, position_ids, key_mask, cache) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x = layer(x, position_ids, attention_mask, cache)
+            x = layer(x, position_ids, key_mask, cache)
         return self.norm(x)
 
 
@@ -226,9 +224,10 @@ class DreamModel(PreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache()
         past = cache.get_seq_length() if cache is not None else 0
+        batch, length = input_ids.shape
         if position_ids is None:
-            position_ids = default_position_ids(
-                past, input_ids.shape[1], input_ids.shape[0], input_ids.device
-            )
-        logits = self.lm_head(self.model(input_ids, position_ids, attention_mask, cache))
+            position_ids = default_position_ids(past, length, batch, input_ids.device)
+        # Built once per forward (it checks the mask on the host), shared by every layer.
+        key_mask = key_padding_mask(attention_mask, batch, past + length)
+        logits = self.lm_head(self.model(input_ids, position_ids, key_mask, cache))
         return CausalLMOutputWithPast(logits=logits, cache=cache if use_cache else None)

@@ -160,7 +160,7 @@ class LLaDABlock(nn.Module):
         self,
         x: torch.Tensor,
         position_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
+        key_mask: torch.Tensor | None,
         cache: Cache | None,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -173,9 +173,8 @@ class LLaDABlock(nn.Module):
         )
         if cache is not None:  # keys are stored rotated: their positions travel with them
             k, v = cache.update(k, v, self.layer_idx)
-        mask = key_padding_mask(attention_mask, batch, k.shape[2])
         dropout = self.attention_dropout if self.training else 0.0
-        x = x + self.attn_out(attend(q, k, v, mask, dropout))
+        x = x + self.attn_out(attend(q, k, v, key_mask, dropout))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
@@ -197,10 +196,10 @@ class LLaDAModel(nn.Module):
         if not config.weight_tying:
             self.transformer["ff_out"] = nn.Linear(config.d_model, vocab, bias=False)
 
-    def forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
+    def forward(self, input_ids, position_ids, key_mask, cache) -> torch.Tensor:
         x = self.transformer["wte"](input_ids)
         for block in self.transformer["blocks"]:
-            x = block(x, position_ids, attention_mask, cache)
+            x = block(x, position_ids, key_mask, cache)
         x = self.transformer["ln_f"](x)
         if self.config.weight_tying:
             logits = F.linear(x, self.transformer["wte"].weight)
@@ -244,9 +243,10 @@ class LLaDAModelLM(PreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache()
         past = cache.get_seq_length() if cache is not None else 0
+        batch, length = input_ids.shape
         if position_ids is None:
-            position_ids = default_position_ids(
-                past, input_ids.shape[1], input_ids.shape[0], input_ids.device
-            )
-        logits = self.model(input_ids, position_ids, attention_mask, cache)
+            position_ids = default_position_ids(past, length, batch, input_ids.device)
+        # Built once per forward (it checks the mask on the host), shared by every layer.
+        key_mask = key_padding_mask(attention_mask, batch, past + length)
+        logits = self.model(input_ids, position_ids, key_mask, cache)
         return CausalLMOutputWithPast(logits=logits, cache=cache if use_cache else None)
