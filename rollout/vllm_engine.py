@@ -127,6 +127,30 @@ def checkpoint_shapes(model_path: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def select_update(
+    named: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], *, tied_lm_head: bool
+) -> dict[str, torch.Tensor]:
+    """The update to load; fails, naming the tensor, unless it covers the checkpoint exactly.
+
+    A learner's `state_dict()` of a model with tied embeddings also holds `lm_head.weight`, which
+    `save_pretrained` leaves out of the checkpoint (it is the embedding): that one is dropped.
+    """
+    if tied_lm_head and "lm_head.weight" in named and "lm_head.weight" not in expected:
+        named = {k: v for k, v in named.items() if k != "lm_head.weight"}
+    unknown = sorted(set(named) - set(expected))
+    missing = sorted(set(expected) - set(named))
+    if unknown:
+        raise KeyError(f"weights not in the served model: {unknown[:5]} ({len(unknown)} in all)")
+    if missing:
+        raise KeyError(f"weights missing from the update: {missing[:5]} ({len(missing)} in all)")
+    for name, value in named.items():
+        if tuple(value.shape) != expected[name]:
+            raise ValueError(f"weight {name!r}: shape {tuple(value.shape)} != served model's {expected[name]}")
+        if not value.is_floating_point():
+            raise ValueError(f"weight {name!r} has dtype {value.dtype}, not a floating type")
+    return named
+
+
 class VLLMEngine:
     """A vLLM engine on one local model folder; generation with log-probs, in-place weight loads."""
 
@@ -147,6 +171,8 @@ class VLLMEngine:
         self.model_path = str(model_path)
         self.eos_id = int(eos_id)
         self.expected = checkpoint_shapes(model_path)
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        self.tied_lm_head = bool(config.get("tie_word_embeddings", False))
         # The tokenizer stays in the caller's process: prompts come in as ids, ids go back out.
         self.llm = LLM(
             model=self.model_path,
@@ -198,22 +224,6 @@ class VLLMEngine:
             results.append((tokens, logps))
         return results
 
-    def check_weights(self, named: dict[str, torch.Tensor]) -> None:
-        """Fail, naming the tensor, unless `named` covers the checkpoint's weights exactly."""
-        unknown = sorted(set(named) - set(self.expected))
-        missing = sorted(set(self.expected) - set(named))
-        if unknown:
-            raise KeyError(f"weights not in the served model: {unknown[:5]} ({len(unknown)} in all)")
-        if missing:
-            raise KeyError(f"weights missing from the update: {missing[:5]} ({len(missing)} in all)")
-        for name, value in named.items():
-            if tuple(value.shape) != self.expected[name]:
-                raise ValueError(
-                    f"weight {name!r}: shape {tuple(value.shape)} != served model's {self.expected[name]}"
-                )
-            if not value.is_floating_point():
-                raise ValueError(f"weight {name!r} has dtype {value.dtype}, not a floating type")
-
     def load_weights(self, version: int, named: dict[str, torch.Tensor]) -> None:
         """Replace every weight in place and set the version; a bad update changes nothing.
 
@@ -222,7 +232,7 @@ class VLLMEngine:
         CPU backend repacks linear weights). The prefix cache holds keys and values computed with
         the old weights, so it is dropped.
         """
-        self.check_weights(named)
+        named = select_update(named, self.expected, tied_lm_head=self.tied_lm_head)
         self.llm.collective_rpc(
             "reload_weights",
             kwargs={"weights_iterator": iter(named.items()), "is_checkpoint_format": True},

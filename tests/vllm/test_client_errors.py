@@ -16,7 +16,7 @@ from vllm_helpers import tiny_causal
 
 from rollout.causal_sampler import CausalSamplingConfig
 from rollout.vllm_client import VLLMRolloutClient, VLLMWorkerError, vllm_python
-from rollout.vllm_engine import recv_message, send_message, serve
+from rollout.vllm_engine import checkpoint_shapes, recv_message, select_update, send_message, serve
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,21 @@ def test_a_worker_past_its_deadline_is_stopped(tmp_path, model_dir):
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
         os.kill(pid, 0)
+
+
+def test_update_must_cover_the_checkpoint(model_dir):
+    expected = checkpoint_shapes(model_dir)
+    state = tiny_causal(1).model.state_dict()
+    assert set(select_update(state, expected, tied_lm_head=False)) == set(expected)
+    with pytest.raises(KeyError, match="not in the served model.*extra"):
+        select_update(dict(state, extra=torch.zeros(1)), expected, tied_lm_head=False)
+    with pytest.raises(KeyError, match="missing from the update"):
+        select_update({k: v for k, v in state.items() if "layers.1." not in k}, expected, tied_lm_head=False)
+    with pytest.raises(ValueError, match="not a floating type"):
+        select_update(dict(state, **{"lm_head.weight": state["lm_head.weight"].long()}), expected,
+                      tied_lm_head=False)  # fmt: skip
+    # Tied embeddings: the checkpoint has no lm_head.weight, the learner's state dict does.
+    tied = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    assert "lm_head.weight" not in select_update(state, tied, tied_lm_head=True)
+    with pytest.raises(KeyError, match="lm_head"):
+        select_update(state, tied, tied_lm_head=False)
