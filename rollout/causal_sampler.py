@@ -15,6 +15,7 @@ This module does not score, train or talk to other processes.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Sequence
@@ -132,6 +133,7 @@ def sample_causal(
     from transformers import DynamicCache
 
     cache = DynamicCache(config=policy.model.config)
+    cache_kw = _cache_keyword(policy.model)
     rows = ids.shape[0]
     next_pos = mask.sum(-1, keepdim=True)  # position of the first new token, per row
     step_ids, step_pos = ids, (mask.cumsum(-1) - 1).clamp(min=0)
@@ -140,8 +142,9 @@ def sample_causal(
     logps: list[list[float]] = [[] for _ in range(rows)]
     for _ in range(max_tokens):
         out = policy.model(
-            input_ids=step_ids, attention_mask=mask, position_ids=step_pos, cache=cache, use_cache=True
-        )
+            input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+            **{cache_kw: cache},
+        )  # fmt: skip
         logits = out.logits[:, -1].to(torch.float32)
         if temperature > 0:
             logits = logits / temperature
@@ -161,6 +164,15 @@ def sample_causal(
         next_pos = next_pos + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     return tokens, logps
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """The forward's KV-cache argument: `cache` in newer transformers (5.24), `past_key_values` in 5.19."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise TypeError(f"{type(model).__name__}.forward takes no KV cache (neither cache nor past_key_values)")
 
 
 def _draw(logprobs: torch.Tensor, generators: Sequence[torch.Generator], *, greedy: bool) -> torch.Tensor:
