@@ -109,6 +109,9 @@ class LLaDAConfig(PretrainedConfig):
         self.use_cache = use_cache
         for key, value in _REQUIRED.items():
             kwargs.setdefault(key, value)
+        # LLaDA's own flag is `weight_tying` (the forward reads wte directly); transformers' tying
+        # machinery must not act on its default tie_word_embeddings=True.
+        kwargs["tie_word_embeddings"] = False
         super().__init__(**kwargs)
 
     @property
