@@ -34,10 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for cluster/ and dllm/
-
-from cluster.weight_sync import SyncGroup, SyncGroupSpec, plan_for, receive_into, send_weights  # noqa: E402
-from dllm.weights import FlatWeights, load_buckets_into, pack_bucket  # noqa: E402
+# The checkout, for cluster/ and dllm/ (imported where used: the baselines need torch only).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # name: (hidden, layers, intermediate, vocab); float32 sizes 2.62, 83.9 and 335.6 MB.
 SIZES = {"small": (128, 2, 512, 512), "medium": (512, 4, 2048, 4096), "large": (1024, 4, 4096, 8192)}
@@ -91,10 +89,6 @@ def nbytes(size: str) -> int:
     return sum(4 * int(torch.Size(s).numel()) for s in llama_shapes(*SIZES[size]).values())
 
 
-def _spec(args) -> SyncGroupSpec:
-    host, port = args.store.rsplit(":", 1)
-    return SyncGroupSpec(host, int(port), args.world, epoch=1, backend="gloo", timeout_s=args.timeout,
-                         shape=args.shape, chunk_mb=args.chunk_mb)
 
 
 def _barrier(pg) -> None:
@@ -102,6 +96,7 @@ def _barrier(pg) -> None:
 
 
 def run_project(args) -> dict:
+    """Per shape in --shape (comma-separated) and size: round times and the digest delivered."""
     if args.default_device:  # the group as it was built before cluster.network, for the negative test
         host, port = args.store.rsplit(":", 1)
         store = dist.TCPStore(host, int(port), args.world, is_master=args.rank == 0,
@@ -110,45 +105,80 @@ def run_project(args) -> dict:
                                    timedelta(seconds=args.timeout))
         _barrier(pg)
         return {"connected": True}
-    group = SyncGroup(_spec(args), args.rank, torch.device("cpu"), address=args.addr)
-    out = {"shape": group.shape, "endpoint": [group.endpoint.address, group.endpoint.interface]}
+    from cluster.weight_sync import SyncGroup, SyncGroupSpec, plan_for
+
+    host, port = args.store.rsplit(":", 1)
+    groups = {}
+    for i, shape in enumerate(args.shape.split(",")):  # one group per shape, on the next port
+        spec = SyncGroupSpec(host, int(port) + i, args.world, epoch=1, backend="gloo",
+                             timeout_s=args.timeout, shape=shape, chunk_mb=args.chunk_mb)
+        groups[shape] = SyncGroup(spec, args.rank, torch.device("cpu"), address=args.addr)
+    out = {shape: {"shape": g.shape, "endpoint": [g.endpoint.address, g.endpoint.interface]}
+           for shape, g in groups.items()}
     for size in args.sizes:
-        seconds, dig = [], None
         if args.rank == 0:
             state = source_state(size, args.seed)
-            buckets = plan_for(state, args.bucket_mb)
-            for _ in range(args.rounds):
-                _barrier(group._pg)
-                start = time.perf_counter()
-                if args.impl == "new":
-                    send_weights(group, state, buckets)
-                else:
-                    for bucket in buckets:
-                        group.broadcast(pack_bucket(bucket, state))
-                _barrier(group._pg)
-                seconds.append(time.perf_counter() - start)
-            dig = digest(state)
         else:
-            model = receiver_module(size)
-            buckets = plan_for(model.state_dict(), args.bucket_mb)
-            flat = FlatWeights(model, buckets) if args.impl == "new" else None
-            for _ in range(args.rounds):
-                _barrier(group._pg)
-                start = time.perf_counter()
-                if flat is not None:
-                    receive_into(group, buckets, flat)
-                    flat.commit()
-                else:
-                    flats = [torch.empty(b.numel, dtype=b.torch_dtype) for b in buckets]
-                    for f in flats:
-                        group.broadcast(f)
-                    load_buckets_into(model, buckets, flats)
-                _barrier(group._pg)
-                seconds.append(time.perf_counter() - start)
-            dig = digest(model.state_dict())
-        out[size] = {"seconds": seconds, "bytes": nbytes(size), "digest": dig}
-    group.close()
+            state = receiver_module(size)
+        buckets = plan_for(state if args.rank == 0 else state.state_dict(), args.bucket_mb)
+        flat = None
+        for i, (shape, group) in enumerate(groups.items()):
+            if args.rank == 0 and i:  # every shape delivers other values than the one before
+                for tensor in state.values():
+                    tensor.add_(1.0)
+            if args.rank == 0:
+                seconds = _send_rounds(args, group, state, buckets)
+                dig = digest(state)
+            else:
+                if flat is None and args.impl == "new":
+                    from dllm.weights import FlatWeights
+
+                    flat = FlatWeights(state, buckets)
+                seconds = _receive_rounds(args, group, state, buckets, flat)
+                dig = digest(state.state_dict())
+            out[shape][size] = {"seconds": seconds, "bytes": nbytes(size), "digest": dig}
+    for group in groups.values():
+        group.close()
     return out
+
+
+def _send_rounds(args, group, state: dict, buckets: list) -> list[float]:
+    from cluster.weight_sync import send_weights
+    from dllm.weights import pack_bucket
+
+    seconds = []
+    for _ in range(args.rounds):
+        _barrier(group._pg)
+        start = time.perf_counter()
+        if args.impl == "new":
+            send_weights(group, state, buckets)
+        else:  # before: each whole bucket packed, then one blocking broadcast
+            for bucket in buckets:
+                group.broadcast(pack_bucket(bucket, state))
+        _barrier(group._pg)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def _receive_rounds(args, group, model: nn.Module, buckets: list, flat) -> list[float]:
+    from cluster.weight_sync import receive_into
+    from dllm.weights import load_buckets_into
+
+    seconds = []
+    for _ in range(args.rounds):
+        _barrier(group._pg)
+        start = time.perf_counter()
+        if flat is not None:
+            receive_into(group, buckets, flat)
+            flat.commit()
+        else:  # before: fresh buffers, one blocking broadcast each, then a copy into the model
+            flats = [torch.empty(b.numel, dtype=b.torch_dtype) for b in buckets]
+            for f in flats:
+                group.broadcast(f)
+            load_buckets_into(model, buckets, flats)
+        _barrier(group._pg)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def run_gloo(args) -> dict:
