@@ -16,7 +16,7 @@ from rewards.types import STATUSES, RewardResult, ScoringOptions
 __all__ = ["PRESETS", "STATUSES", "TASK_NAMES", "RewardResult", "ScoringOptions",
            "UnknownTaskError", "check_preset", "get_task", "score"]
 
-PRESETS: tuple[str, ...] = ("bgpo", "d1", "compact")
+PRESETS: tuple[str, ...] = ("bgpo", "d1", "lenient", "compact")
 _DEFAULT_OPTIONS = ScoringOptions()
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 _ALLOWED_PREFIX = "rewards."
-_DEFAULT_PRELOAD = ("rewards.mathcheck",)
+_DEFAULT_PRELOAD = ("rewards.mathcheck", "rewards.sympycheck")
 
 
 @dataclass

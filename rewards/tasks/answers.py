@@ -87,3 +87,20 @@ def as_number(normalised: str) -> Fraction | None:
     except (ValueError, ZeroDivisionError):
         return None
     return value
+
+
+def last_answer_match(text: str, tag: str = "answer") -> str | None:
+    """The last match of `re.findall(r"<tag>(.*?)</tag>", text, re.DOTALL)`, unstripped; None if
+    there is none. This is how BGPO and d1 read Countdown and Sudoku answers; unlike `last_tag`,
+    a match opens at the FIRST `<tag>` after the previous match, so `<answer>a<answer>b</answer>`
+    gives "a<answer>b". One forward scan."""
+    opener, closer = f"<{tag}>", f"</{tag}>"
+    found, pos = None, 0
+    while True:
+        start = text.find(opener, pos)
+        if start == -1:
+            return found
+        end = text.find(closer, start + len(opener))
+        if end == -1:
+            return found  # no later opener can close either
+        found, pos = text[start + len(opener):end], end + len(closer)

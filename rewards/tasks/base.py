@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from rewards.tasks.prompts import prompt_for
 from rewards.types import RewardResult, ScoringOptions
 
 
@@ -20,9 +21,9 @@ class Task(ABC):
     presets: tuple[str, ...] = ("bgpo",)  # reward presets this task understands
 
     def format_prompt(self, item: dict, preset: str = "bgpo") -> list[dict]:
-        """Chat messages for the policy, asking for the answer format `preset` scores; by default
-        the row's own `prompt` field."""
-        return list(item["prompt"])
+        """Chat messages for the policy, asking for the answer format `preset` scores
+        (`rewards.tasks.prompts.prompt_for`: the reference's prompt for bgpo and d1)."""
+        return prompt_for(self.name, item, preset)
 
     @abstractmethod
     def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:

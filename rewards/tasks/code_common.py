@@ -1,6 +1,6 @@
 """What HumanEval and MBPP share: pulling code out of a completion and scoring it in the sandbox.
 
-Extraction (same for the `bgpo` and `d1` presets): the last ```python (or bare ```) fenced block
+Extraction (same for the `bgpo`, `d1` and `lenient` presets): the last ```python (or bare ```) fenced block
 that defines the entry point, else the last fenced block that defines any function, else the last
 fenced block; an unclosed final fence counts (generation may stop inside it). Without fences the
 whole completion is the code, cut at MBPP's `[DONE]` and unwrapped from the few-shot's quotes.

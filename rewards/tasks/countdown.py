@@ -1,13 +1,17 @@
 """Countdown: combine the given numbers with + - * / to reach a target.
 
 Presets:
-- `bgpo` (default) and `d1`: the answer is the last `<answer>...</answer>`; none -> 0
-  (no_answer). It must use exactly the given multiset of numbers and evaluate to the target:
-  1.0 (ok); an answer that is present but malformed, wrong or uses other numbers: 0.1 (wrong).
-  d1's rule is the same apart from its `eval` (hangs on `99**98**97`) and float comparison; both
-  presets use the bounded exact evaluator in `rewards.arith`, so they give identical rewards.
-- `compact`: the whole completion (stripped) is the expression; same scoring. Used by the tiny
-  built-in model, which emits no tags. An empty completion is no_answer.
+- `bgpo` and `d1`: BGPO's and d1's rule, which is one rule (`countdown_reference`): the last
+  `<answer>(.*?)</answer>` match, its digit runs must be the puzzle's numbers, Python `eval` within
+  1e-5 of the target: 1.0; answer present otherwise: 0.1; none: 0. Their `eval` is replaced by an
+  eval-compatible evaluator that refuses only astronomically large powers.
+- `lenient`: this project's rule: the last complete `<answer>...</answer>` (`last_tag`), parsed
+  by the bounded exact evaluator in `rewards.arith` (integer literals, + - * /, Fractions): it
+  must use exactly the given multiset of numbers and equal the target: 1.0 (ok); present but
+  malformed, wrong or using other numbers: 0.1 (wrong); none: 0. `2.5` or `**` are malformed
+  here, while the references read `2.5` as the numbers 2 and 5 and allow `**` and `//`.
+- `compact`: the whole completion (stripped) is the expression, scored as `lenient`. Used by the
+  tiny built-in model, which emits no tags. An empty completion is no_answer.
 
 Rows: `extra_info.numbers` (a list, or its JSON/Python text as in d1's parquet files) and
 `reward_model.ground_truth` or `extra_info.target` (the target).
@@ -19,6 +23,7 @@ import json
 from collections import Counter
 
 from rewards.arith import ArithError, evaluate, literals, parse_expression
+from rewards.tasks import countdown_reference
 from rewards.tasks.answers import last_tag
 from rewards.tasks.base import Task
 from rewards.types import RewardResult, ScoringOptions
@@ -43,13 +48,15 @@ class CountdownTask(Task):
     """Countdown with 3 or 4 numbers."""
 
     name = "countdown"
-    presets = ("bgpo", "d1", "compact")
+    presets = ("bgpo", "d1", "lenient", "compact")
 
     def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:
         try:
             numbers, target = numbers_and_target(item)
         except (KeyError, ValueError, TypeError) as exc:
             return RewardResult(0.0, "error", f"malformed item: {type(exc).__name__}: {exc}")
+        if preset in ("bgpo", "d1"):
+            return countdown_reference.score(completion, numbers, target)
         if preset == "compact":
             answer = completion.strip() or None
         else:

@@ -81,10 +81,10 @@ def _entry_has_body(program: str, entry: str) -> bool:
 
 
 class HumanEvalTask(Task):
-    """HumanEval (164 problems); presets bgpo and d1 use the same all-tests-pass rule."""
+    """HumanEval (164 problems); presets bgpo, d1 and lenient use the same all-tests-pass rule."""
 
     name = "humaneval"
-    presets = ("bgpo", "d1")
+    presets = ("bgpo", "d1", "lenient")
 
     def score(self, completion: str, item: dict, *, preset: str,
               options: ScoringOptions) -> RewardResult:

@@ -1,38 +1,29 @@
-"""GSM8K and MATH (MATH train, MATH500): boxed-answer math tasks.
+"""GSM8K and MATH (MATH train, MATH500): the three chat presets' scoring.
 
 Presets:
-- `bgpo` (default): the LAST brace-matched `\\boxed{...}`; none -> 0 (no_answer). Correct (1.0)
-  if it equals the gold answer as a normalised string, as an exact number, or by math-verify
-  (gold first). Binary, no format reward.
-- `d1`: d1's sum of terms, max 4.0. GSM8K: 2.0 if the last `<answer>` block equals the gold
-  string, 0.5 if it is all digits, plus strict/soft/xml format (0.5 each). MATH: 2.0 if the last
-  `\\boxed{}` is equivalent to gold, 0.5 if the answer block holds a `\\boxed`, plus the same three
-  format terms. See `d1_format` for the d1 bugs fixed here.
+- `bgpo`: BGPO's reward (DARE `math_rm`, ported in `bgpo_math`): the last `\\boxed{...}` exactly,
+  graded by the Hendrycks string match or DARE's sympy grader; 1 or 0. Same rule for GSM8K.
+- `d1`: d1's reward (ported in `d1_rules`, pinned to d1 837888f). GSM8K: five terms, max 4.0.
+  MATH: correctness (2.0) plus 0.5 x boxed_in_answer (0.25, 0.75, or more with d1's backspace).
+- `lenient`: this project's own rule, kept for its fixes: the last brace-matched `\\boxed{}`
+  (an unclosed one falls back to the previous closed box), correct if equal as a normalised
+  string, as an exact number (so `\\frac{2}{4}` = `\\frac12`), or by math-verify; 1 or 0.
+Prompts per preset: `rewards.tasks.prompts`.
 
-math-verify runs in an `IsolationPool` child under `options.deadline_s`; it never runs in this
-process. Plain numbers and identical normalised strings are decided here without a child.
+sympy and math-verify run in an `IsolationPool` child under `options.deadline_s`, never in this
+process; string and number checks that decide most answers are made here without a child.
 """
 
 from __future__ import annotations
 
 from rewards.isolation import run_isolated
-from rewards.tasks import d1_format
+from rewards.tasks import bgpo_math, d1_rules
 from rewards.tasks.answers import as_number, last_boxed, normalise
 from rewards.tasks.base import Task
 from rewards.types import RewardResult, ScoringOptions
 
-# LLaDA's evaluation instruction; the d1/BGPO parquet rows of GSM8K and MATH are bare questions,
-# and the bgpo preset only reads a `\boxed{}` answer.
-BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-
-# The d1 preset scores d1's XML layout (d1_format.py): the prompt asks for it. GSM8K wants the bare
-# number in <answer>; MATH a \boxed{} answer inside it.
-D1_FORMAT_INSTRUCTION = (
-    "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
-)
-
-# A boxed answer longer than this is not sent to math-verify: no gold answer in GSM8K or MATH
-# comes close, and parsing pathological LaTeX is where the time goes.
+# A lenient-preset answer longer than this is not sent to math-verify: no gold answer in GSM8K
+# or MATH comes close, and parsing pathological LaTeX is where the time goes.
 MAX_ANSWER_CHARS = 1000
 
 
@@ -47,7 +38,7 @@ def gold_answer(item: dict) -> str:
 
 
 def check_equivalent(gold: str, answer: str, options: ScoringOptions) -> tuple[str, str, str]:
-    """(status, method, detail) for `answer` against `gold`; status is ok, wrong, timeout or error."""
+    """Lenient check: (status, method, detail); status is ok, wrong, timeout or error."""
     norm_gold, norm_answer = normalise(gold), normalise(answer)
     if norm_gold == norm_answer:
         return "ok", "string", ""
@@ -62,73 +53,83 @@ def check_equivalent(gold: str, answer: str, options: ScoringOptions) -> tuple[s
     return call.status, "math_verify", call.detail
 
 
+def bgpo_check(answer: str, golds: list[str], options: ScoringOptions) -> tuple[str, str, str]:
+    """BGPO's check of an extracted answer against each gold answer: (status, method, detail)."""
+    status, method, detail = "wrong", "mathd", ""
+    for gold in golds:
+        if bgpo_math.mathd_equal(answer, gold):
+            return "ok", "mathd", ""
+        if len(answer) > bgpo_math.MAX_SYMPY_CHARS:
+            status, method, detail = "wrong", "length", f"answer longer than {bgpo_math.MAX_SYMPY_CHARS} chars"
+            continue
+        call = run_isolated("rewards.sympycheck:sympy_equal", answer, gold,
+                            deadline_s=options.deadline_s)
+        if call.status == "ok" and call.value:
+            return "ok", "sympy", ""
+        if call.status != "ok":
+            status, method, detail = call.status, "sympy", call.detail
+        else:
+            status, method, detail = "wrong", "sympy", ""
+    return status, method, detail
+
+
 class MathTask(Task):
-    """MATH / MATH500: answer in the last `\\boxed{}`."""
+    """MATH / MATH500."""
 
     name = "math"
-    presets = ("bgpo", "d1")
-    d1_answer_rule = "Put the final answer within \\boxed{} inside <answer>."
-
-    def format_prompt(self, item: dict, preset: str = "bgpo") -> list[dict]:
-        """The row's messages with the preset's answer instruction appended to the last user
-        message: BOXED_INSTRUCTION (bgpo) or d1's XML layout (d1). Rows that carry their own
-        instruction (a message mentions "boxed", or "<answer>" for d1) stay as they are."""
-        messages = [dict(m) for m in item["prompt"]]
-        if preset == "d1":
-            marker, instruction = "<answer>", f"{D1_FORMAT_INSTRUCTION}\n{self.d1_answer_rule}"
-        else:
-            marker, instruction = "boxed", BOXED_INSTRUCTION
-        if any(marker in str(m.get("content", "")) for m in messages):
-            return messages
-        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
-        if not users:
-            raise ValueError("math row has no user message to attach the answer instruction to")
-        last = messages[users[-1]]
-        last["content"] = f"{str(last['content']).rstrip()}\n{instruction}"
-        return messages
+    presets = ("bgpo", "d1", "lenient")
 
     def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:
         try:
             gold = gold_answer(item)
         except (KeyError, TypeError, IndexError) as exc:
             return RewardResult(0.0, "error", f"malformed item: {type(exc).__name__}: {exc}")
+        if preset == "bgpo":
+            return self._score_bgpo(completion, item["reward_model"]["ground_truth"], options)
         if preset == "d1":
-            return self._score_d1(completion, gold, options)
+            return self._score_d1(completion, gold)
+        return self._score_lenient(completion, gold, options)
+
+    @staticmethod
+    def _score_bgpo(completion: str, label, options: ScoringOptions) -> RewardResult:
+        answer = bgpo_math.extract_answer(completion)
+        if answer is None:
+            return RewardResult(0.0, "no_answer", "no complete \\boxed{...} as the last \\boxed")
+        golds = bgpo_math.gold_answers(label)
+        if not golds:
+            return RewardResult(0.0, "wrong", "no usable gold answer", extra={"answer": answer[:200]})
+        status, method, detail = bgpo_check(answer, golds, options)
+        return RewardResult(1.0 if status == "ok" else 0.0, status, detail,
+                            extra={"answer": answer[:200], "method": method})
+
+    @staticmethod
+    def _score_d1(completion: str, gold: str) -> RewardResult:
+        terms = d1_rules.math_terms(completion, gold)
+        answer = d1_rules.math_answer(completion)
+        status = "ok" if terms["correctness"] else "wrong"
+        return RewardResult(sum(terms.values()), status,
+                            extra={"answer": answer[:200], "method": "d1_is_equiv", "terms": terms})
+
+    @staticmethod
+    def _score_lenient(completion: str, gold: str, options: ScoringOptions) -> RewardResult:
         answer = last_boxed(completion)
         if answer is None:
             return RewardResult(0.0, "no_answer", "no closed \\boxed{} found")
         status, method, detail = check_equivalent(gold, answer, options)
-        extra = {"answer": answer[:200], "method": method}
-        return RewardResult(1.0 if status == "ok" else 0.0, status, detail, extra=extra)
-
-    def _score_d1(self, completion: str, gold: str, options: ScoringOptions) -> RewardResult:
-        terms = d1_format.format_terms(completion)
-        terms["boxed_in_answer"] = d1_format.boxed_in_answer(completion)
-        answer = last_boxed(completion)
-        status, method, detail = "no_answer", "", "no closed \\boxed{} found"
-        if answer is not None:
-            status, method, detail = check_equivalent(gold, answer, options)
-        terms["correctness"] = 2.0 if status == "ok" else 0.0
-        extra = {"answer": (answer or "")[:200], "method": method, "terms": terms}
-        return RewardResult(sum(terms.values()), status, detail, extra=extra)
+        return RewardResult(1.0 if status == "ok" else 0.0, status, detail,
+                            extra={"answer": answer[:200], "method": method})
 
 
 class GSM8KTask(MathTask):
-    """GSM8K: numeric gold answer; bgpo reads `\\boxed{}`, d1 reads `<answer>` tags."""
+    """GSM8K: bgpo and lenient read `\\boxed{}` as for MATH; d1 reads `<answer>` tags."""
 
     name = "gsm8k"
-    d1_answer_rule = "The answer is the final number alone."
 
-    def _score_d1(self, completion: str, gold: str, options: ScoringOptions) -> RewardResult:
-        terms = d1_format.format_terms(completion)
-        answer = d1_format.d1_answer(completion)
-        if answer is None:
-            terms.update(correctness=0.0, integer=0.0)
-            return RewardResult(sum(terms.values()), "no_answer", "no <answer> tag",
-                                extra={"terms": terms})
-        # d1 compares the extracted string with the gold string exactly; we keep that rule.
-        correct = answer == gold.strip()
-        terms["correctness"] = 2.0 if correct else 0.0
-        terms["integer"] = 0.5 if answer.isdigit() else 0.0
-        return RewardResult(sum(terms.values()), "ok" if correct else "wrong",
+    @staticmethod
+    def _score_d1(completion: str, gold: str) -> RewardResult:
+        terms = d1_rules.gsm8k_terms(completion, gold)
+        total = sum(terms.values())
+        answer = d1_rules.xml_answer(completion)
+        status = "ok" if terms["correctness"] else ("wrong" if answer else "no_answer")
+        return RewardResult(total, status,
                             extra={"answer": answer[:200], "method": "exact", "terms": terms})

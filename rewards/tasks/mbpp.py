@@ -43,10 +43,10 @@ def tests_of(item: dict) -> list[str]:
 
 
 class MBPPTask(Task):
-    """MBPP (test split: tasks 11-510); presets bgpo and d1 use the same all-tests-pass rule."""
+    """MBPP (test split: tasks 11-510); presets bgpo, d1 and lenient use the same all-tests-pass rule."""
 
     name = "mbpp"
-    presets = ("bgpo", "d1")
+    presets = ("bgpo", "d1", "lenient")
 
     def score(self, completion: str, item: dict, *, preset: str,
               options: ScoringOptions) -> RewardResult:

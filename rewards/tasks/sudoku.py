@@ -1,19 +1,23 @@
 """4x4 Sudoku: fill the puzzle's empty cells ('0') with 1-4.
 
 Presets:
-- `bgpo` (default) and `d1`: the answer is the last `<answer>...</answer>`; none -> 0
-  (no_answer). Keep its digits, pad with '0' / truncate to 16; the reward is the fraction of the
-  puzzle's empty cells filled as in the stored solution. But any valid grid that keeps all the
-  givens scores 1.0: d1 compares with one stored solution only, and 124 of its 500 test puzzles
-  have more than one (that bug is fixed in both presets, which therefore agree).
-- `compact`: the digits of the whole completion are the answer (no tags); same scoring.
+- `bgpo` and `d1`: BGPO's and d1's rule, which is one rule (d1 837888f `diffu-grpo/reward_func.py`
+  `sudoku_reward_func`; DARE 83ae8a305a53 `verl/utils/reward_score/math_reward.py`
+  `sudoku_reward_func`): the last `re.findall(r"<answer>(.*?)</answer>", DOTALL)` match; its
+  `str.isdigit` characters, padded with '0' / cut to 16; the reward is the fraction of the
+  puzzle's empty cells that equal the STORED solution. No match or no digits: 0. A puzzle
+  without empty cells: 0.
+- `lenient`: this project's rule: the last complete `<answer>...</answer>` (`last_tag`), ASCII
+  digits, same fraction, but any valid grid that keeps all the givens scores 1.0 (124 of d1's 500
+  test puzzles have more than one solution, and the references score the others as partly wrong).
+- `compact`: the digits of the whole completion are the answer (no tags), scored as `lenient`.
 
 Rows: `extra_info.puzzle` (16 chars, '0' = empty) and `reward_model.ground_truth` (16 digits).
 """
 
 from __future__ import annotations
 
-from rewards.tasks.answers import last_tag
+from rewards.tasks.answers import last_answer_match, last_tag
 from rewards.tasks.base import Task
 from rewards.types import RewardResult, ScoringOptions
 
@@ -64,17 +68,35 @@ def score_grid(answer: str, puzzle: str, solution: str) -> RewardResult:
                         extra=extra)
 
 
+def reference_score(completion: str, puzzle: str, solution: str) -> RewardResult:
+    """BGPO's and d1's Sudoku reward (see the module docstring)."""
+    match = last_answer_match(completion)
+    digits = "".join(ch for ch in match.strip() if ch.isdigit()) if match is not None else ""
+    if not digits:
+        return RewardResult(0.0, "no_answer", "no <answer> with digits")
+    grid = (digits + "0" * 16)[:16]
+    blanks = [i for i, p in enumerate(puzzle) if p == "0"]
+    if not blanks:
+        return RewardResult(0.0, "wrong", "puzzle has no empty cells", extra={"grid": grid})
+    right = sum(grid[i] == solution[i] for i in blanks)
+    status = "ok" if right == len(blanks) else "wrong"
+    return RewardResult(right / len(blanks), status, f"{right}/{len(blanks)} empty cells as stored",
+                        extra={"grid": grid, "blanks_right": right})
+
+
 class SudokuTask(Task):
     """4x4 Sudoku."""
 
     name = "sudoku"
-    presets = ("bgpo", "d1", "compact")
+    presets = ("bgpo", "d1", "lenient", "compact")
 
     def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:
         try:
             puzzle, solution = read_puzzle(item)
         except (KeyError, ValueError, TypeError) as exc:
             return RewardResult(0.0, "error", f"malformed item: {type(exc).__name__}: {exc}")
+        if preset in ("bgpo", "d1"):
+            return reference_score(completion, puzzle, solution)
         answer = completion if preset == "compact" else last_tag(completion, "answer")
         if answer is None:
             return RewardResult(0.0, "no_answer", "no <answer> tag")

@@ -44,7 +44,7 @@ def full_function(rec: dict) -> str:
 def test_task_classes():
     assert HumanEvalTask.name == "humaneval" and MBPPTask.name == "mbpp"
     assert isinstance(HumanEvalTask(), Task) and isinstance(MBPPTask(), Task)
-    assert set(HumanEvalTask.presets) == set(MBPPTask.presets) == {"bgpo", "d1"}
+    assert set(HumanEvalTask.presets) == set(MBPPTask.presets) == {"bgpo", "d1", "lenient"}
 
 
 def test_entry_points_come_from_the_prompt():

@@ -30,41 +30,61 @@ def solve(row: dict) -> str:
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r["extra_info"]["numbers"])
 def test_real_rows_solved_score_one_in_every_preset(row):
     expr = solve(row)
-    for preset in ("bgpo", "d1"):
+    for preset in ("bgpo", "d1", "lenient"):
         result = score("countdown", f"<reasoning>\nr\n</reasoning>\n<answer>\n{expr}\n</answer>", row,
                        preset=preset)
         assert (result.score, result.status) == (1.0, "ok"), result
     assert score("countdown", f" {expr}\n", row, preset="compact").score == 1.0
 
 
-def test_scoring_rules():
+@pytest.mark.parametrize("preset", ["bgpo", "lenient"])
+def test_scoring_rules(preset):
     row = item([30, 100, 93], 23)
-    assert score("countdown", "<answer>93-100+30</answer>", row).score == 1.0
-    wrong = score("countdown", "<answer>100-93+30</answer>", row)
+
+    def reward(text):
+        return score("countdown", text, row, preset=preset)
+
+    assert reward("<answer>93-100+30</answer>").score == 1.0
+    wrong = reward("<answer>100-93+30</answer>")
     assert (wrong.score, wrong.status) == (0.1, "wrong")
-    assert score("countdown", "<answer>93-100+30+0</answer>", row).score == 0.1  # extra number
-    assert score("countdown", "<answer>93-100+100</answer>", row).score == 0.1  # wrong multiset
-    assert score("countdown", "<answer>93-100+30 = 23</answer>", row).score == 0.1
-    none = score("countdown", "93-100+30", row)
+    assert reward("<answer>93-100+30+0</answer>").score == 0.1  # extra number
+    assert reward("<answer>93-100+100</answer>").score == 0.1  # wrong multiset
+    assert reward("<answer>93-100+30 = 23</answer>").score == 0.1
+    none = reward("93-100+30")
     assert (none.score, none.status) == (0.0, "no_answer")
-    assert score("countdown", "<answer>x</answer> <answer>93-100+30</answer>", row).score == 1.0
+    assert reward("<answer>x</answer> <answer>93-100+30</answer>").score == 1.0
     assert score("countdown", "", row, preset="compact").status == "no_answer"
 
 
-def test_exact_fractions_not_floats():
-    assert score("countdown", "<answer>1/3*3</answer>", item([1, 3, 3], 1)).score == 1.0
-    assert score("countdown", "<answer>(7/3-2)*3</answer>", item([7, 3, 2, 3], 1)).score == 1.0
+@pytest.mark.parametrize("preset", ["bgpo", "lenient"])
+def test_fractions(preset):
+    assert score("countdown", "<answer>1/3*3</answer>", item([1, 3, 3], 1), preset=preset).score == 1.0
+    assert score("countdown", "<answer>(7/3-2)*3</answer>", item([7, 3, 2, 3], 1), preset=preset).score == 1.0
 
 
+@pytest.mark.parametrize("text, numbers, target", [
+    ("2.5*2", [2, 5, 2], 5),  # the references read "2.5" as the numbers 2 and 5
+    ("2**3*1", [2, 3, 1], 8),
+    ("7//2*1", [7, 2, 1], 3),
+])
+def test_reference_presets_follow_python_eval(text, numbers, target):
+    """Scores checked against d1's compute_score; lenient refuses floats, ** and //."""
+    row = item(numbers, target)
+    for preset in ("bgpo", "d1"):
+        assert score("countdown", f"<answer>{text}</answer>", row, preset=preset).score == 1.0
+    assert score("countdown", f"<answer>{text}</answer>", row, preset="lenient").score == 0.1
+
+
+@pytest.mark.parametrize("preset", ["bgpo", "lenient"])
 @pytest.mark.parametrize("expr", [
-    "99**98**97", "9**9**9**9", "2**10000000", "(99//98)*97", "99%98+97",
+    "99**98**97", "97**(99**98)", "-(99**98**97)", "(99**98)**97", "9**9**9**9", "2**10000000", "(99//98)*97", "99%98+97",
     "__import__('os').system('true')", "1e308*99", "1.5+98+97", "(" * 600 + "1" + ")" * 600,
     "+".join(["99"] * 400), "99/(98-98)", "9" * 900,
 ])
-def test_hostile_expressions_answered_in_milliseconds(expr):
+def test_hostile_expressions_answered_in_milliseconds(expr, preset):
     """d1 evaluates with eval(): `99**98**97` hangs it. Ours refuses or bounds everything."""
     start = time.monotonic()
-    result = score("countdown", f"<answer>{expr}</answer>", item([99, 98, 97], 24))
+    result = score("countdown", f"<answer>{expr}</answer>", item([99, 98, 97], 24), preset=preset)
     assert time.monotonic() - start < 0.5  # typically < 1 ms; slack for a loaded CI machine
     assert (result.score, result.status) == (0.1, "wrong")
 

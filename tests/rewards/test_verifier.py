@@ -32,7 +32,7 @@ def test_mixed_batch_in_order_with_a_hostile_item(worker):
     requests = [
         {"task": "gsm8k", "completion": f"\\boxed{{{gsm['reward_model']['ground_truth']}}}",
          "item": gsm},
-        {"task": "math", "completion": "\\boxed{9^{9^{9^{9}}}}", "item": math},
+        {"task": "math", "completion": "\\boxed{9**9**9**9}", "item": math},  # stalls sympy
         {"task": "math500", "completion": "\\boxed{\\sqrt{117}}", "item": math},  # alias
         {"task": "sudoku", "completion": "<answer>1234</answer>", "item": sudoku},
         {"task": "countdown", "completion": None, "item": rows("countdown")[0]},
@@ -80,7 +80,7 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("preset", ["bgpo", "d1"])
+@pytest.mark.parametrize("preset", ["bgpo", "d1", "lenient"])
 @pytest.mark.parametrize("task", ["gsm8k", "math", "countdown", "sudoku"])
 def test_hostile_completions_every_task(task, preset):
     """Megabytes of tags, braces, NULs, surrogates: linear-time extraction, no exception."""
@@ -90,4 +90,4 @@ def test_hostile_completions_every_task(task, preset):
         result = score(task, text, row, preset=preset, options=ScoringOptions(deadline_s=2.0))
         assert time.monotonic() - start < 2.0, (task, text[:20])  # ~10 ms each when idle
         assert result.status in ("wrong", "no_answer", "timeout", "error"), result
-        assert 0.0 <= result.score <= (0.5 if preset == "d1" else 0.1)
+        assert 0.0 <= result.score <= (1.0 if preset == "d1" else 0.1)  # d1: format terms only
