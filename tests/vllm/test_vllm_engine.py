@@ -82,12 +82,16 @@ def test_sampled_logprobs_match_teacher_forcing(vllm_client, prompts):
 
 
 def test_weight_update_in_place_matches_hf_with_the_new_weights(vllm_client, prompts):
+    # A prompt longer than one KV block (128 tokens on the CPU backend) lands in vLLM's prefix
+    # cache; without a cache reset after the update it would be read back with the old weights'
+    # keys and values (measured: different tokens).
+    prompts = prompts + [torch.randint(5, 100, (200,), generator=torch.Generator().manual_seed(4)).tolist()]
     vllm_client.sampling = CausalSamplingConfig(gen_length=16, temperature=0)
     sampling = CausalSamplingConfig(gen_length=16, temperature=0)
     old, new = tiny_causal(0), tiny_causal(1)
     pid = vllm_client.pid
     push(vllm_client, old, 4)
-    before = vllm_client.generate(prompts, 1)  # also fills vLLM's prefix cache with old keys
+    before = vllm_client.generate(prompts, 1)  # fills the prefix cache with the old weights' keys
     push(vllm_client, new, 5)
     after = vllm_client.generate(prompts, 1)
     expected = CausalSampler("hf", new, sampling).generate(prompts, 1)
