@@ -85,7 +85,7 @@ class LLaDAConfig(PretrainedConfig):
         scale_logits: bool = False,
         attention_dropout: float = 0.0,
         max_sequence_length: int = 4096,
-        mask_token_id: int = 126336,
+        mask_token_id: int | None = None,  # absent from some official configs: see dllm.policy
         use_cache: bool = False,
         **kwargs,
     ) -> None:
