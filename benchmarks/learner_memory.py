@@ -1,6 +1,14 @@
 """Peak memory of one learner step versus n_t: BGPO (flat) against the retained-graph ELBO ratio.
 
     python benchmarks/learner_memory.py --n-t 1,2,4,8,16,32 --json OUT.json [--device cuda]
+    python benchmarks/learner_memory.py --device cuda --hidden 2048 --layers 16 --heads 16 \
+        --intermediate 8192 --n-t 1,4,16 --mc-chunk 1,4 --json OUT.json   # 1.07B parameters
+
+`--mc-chunk` lists MC samples per forward (LearnerConfig.mc_chunk; each value up to n_t is run).
+`--child-timeout` bounds each configuration's subprocess: one that runs past it is recorded as
+`timeout`, like an out-of-memory is recorded as `oom`, and the sweep goes on. The JSON is
+rewritten after every configuration, so a sweep cut short keeps what it measured. On CUDA the
+model is initialised on the GPU (a 1B model's CPU initialisation takes longer than its step).
 
 Every (objective, n_t) runs in a fresh subprocess, so no peak or allocator cache leaks from one
 configuration into the next. In each subprocess: build the model and batch, run one warm-up step
@@ -110,12 +118,22 @@ def run_one(args) -> dict:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    policy = build_tiny_policy(
-        hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads, seed=0
-    ).to(device)
+    with torch.device(device):  # parameters created where they will live
+        policy = build_tiny_policy(
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            intermediate_size=args.intermediate,
+            seed=0,
+        )
+    policy = policy.to(device)
     batch = _make_batch(policy, args)
     config = LearnerConfig(
-        objective=args.objective, n_t=args.one_n_t, micro_batch_size=args.batch, lr=1e-6
+        objective=args.objective,
+        n_t=args.one_n_t,
+        micro_batch_size=args.batch,
+        mc_chunk=args.one_mc_chunk,
+        lr=1e-6,
     )
     learner = LearnerWorker(policy, config)
     gen = torch.Generator().manual_seed(1)
@@ -128,6 +146,7 @@ def run_one(args) -> dict:
     record = {
         "objective": args.objective,
         "n_t": args.one_n_t,
+        "mc_chunk": args.one_mc_chunk,
         "device": device.type,
         "params": sum(p.numel() for p in policy.parameters()),
     }
@@ -157,7 +176,7 @@ def run_one(args) -> dict:
     return record
 
 
-def _child_command(args, objective: str, n_t: int) -> list[str]:
+def _child_command(args, objective: str, n_t: int, mc_chunk: int) -> list[str]:
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -165,38 +184,64 @@ def _child_command(args, objective: str, n_t: int) -> list[str]:
         objective,
         "--one-n-t",
         str(n_t),
+        "--one-mc-chunk",
+        str(mc_chunk),
     ]
     for name in (
         "device",
         "hidden",
         "layers",
         "heads",
+        "intermediate",
         "batch",
         "prompt_length",
         "response_length",
         "threads",
     ):
-        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        if getattr(args, name) is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return cmd
 
 
+def _run_child(args, env: dict, objective: str, n_t: int, mc_chunk: int) -> dict:
+    """One configuration in a fresh subprocess; a timeout is a recorded result, a crash raises."""
+    try:
+        out = subprocess.run(
+            _child_command(args, objective, n_t, mc_chunk),
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=args.child_timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"objective": objective, "n_t": n_t, "mc_chunk": mc_chunk, "device": args.device,
+                "timeout": True, "timeout_s": args.child_timeout, "peak_bytes": None,
+                "step_seconds": None}  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"{objective} n_t={n_t} mc_chunk={mc_chunk} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _table(records: list[dict]) -> str:
-    base = {
-        r["objective"]: r["peak_bytes"]
-        for r in records
-        if r["n_t"] == min(x["n_t"] for x in records)
-    }
+    """One line per record; the ratio is against the smallest n_t measured for that objective
+    (with mc_chunk 1 where that was measured)."""
+    base = {}
+    for r in sorted(records, key=lambda r: (r["n_t"], r.get("mc_chunk", 1))):
+        if r["peak_bytes"] is not None:
+            base.setdefault(r["objective"], r["peak_bytes"])
     lines = [
-        f"{'objective':<11} {'n_t':>4} {'peak MiB':>10} {'vs n_t=1':>9} {'maxRSS+MiB':>10} {'step s':>8}"
+        f"{'objective':<11} {'n_t':>4} {'chunk':>5} {'peak MiB':>10} {'vs n_t=1':>9} {'maxRSS+MiB':>10} {'step s':>8}"
     ]
     for r in records:
-        if r.get("oom"):
-            lines.append(f"{r['objective']:<11} {r['n_t']:>4} {'OOM':>10}")
+        head = f"{r['objective']:<11} {r['n_t']:>4} {r.get('mc_chunk', 1):>5}"
+        if r.get("oom") or r.get("timeout"):
+            lines.append(f"{head} {'OOM' if r.get('oom') else 'timeout':>10}")
             continue
         rss = f"{r['rss_peak_bytes'] / 2**20:10.1f}" if "rss_peak_bytes" in r else f"{'-':>10}"
         ratio = r["peak_bytes"] / base[r["objective"]]
         lines.append(
-            f"{r['objective']:<11} {r['n_t']:>4} {r['peak_bytes'] / 2**20:10.1f} {ratio:8.2f}x {rss} {r['step_seconds']:8.2f}"
+            f"{head} {r['peak_bytes'] / 2**20:10.1f} {ratio:8.2f}x {rss} {r['step_seconds']:8.2f}"
         )
     return "\n".join(lines)
 
@@ -210,12 +255,16 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=None, help="MLP width (2 x hidden)")
+    parser.add_argument("--mc-chunk", default="1", help="comma-separated MC samples per forward")
+    parser.add_argument("--child-timeout", type=float, default=None, help="seconds per config")
     parser.add_argument("--batch", type=int, default=8, help="responses per step (one micro-batch)")
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--response-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one-objective", dest="objective", help=argparse.SUPPRESS)
     parser.add_argument("--one-n-t", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one-mc-chunk", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.objective is not None:  # child: measure one configuration, print one JSON line
@@ -224,23 +273,18 @@ def main() -> None:
 
     records = []
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    chunks = [int(x) for x in args.mc_chunk.split(",")]
     for objective in args.objectives.split(","):
         for n_t in (int(x) for x in args.n_t.split(",")):
-            out = subprocess.run(
-                _child_command(args, objective, n_t),
-                capture_output=True,
-                text=True,
-                env=env,
-                check=False,
-            )
-            if out.returncode != 0:
-                raise RuntimeError(f"{objective} n_t={n_t} failed:\n{out.stderr[-3000:]}")
-            records.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(json.dumps(records[-1]), file=sys.stderr, flush=True)
-    params = next(r["params"] for r in records if "params" in r)
+            for mc_chunk in (c for c in chunks if c <= n_t or c == min(chunks)):
+                records.append(_run_child(args, env, objective, n_t, min(mc_chunk, n_t)))
+                print(json.dumps(records[-1]), file=sys.stderr, flush=True)
+                if args.json:  # rewritten as it goes: a sweep cut short keeps what it measured
+                    args.json.write_text(json.dumps(records, indent=2))
+    params = next((r["params"] for r in records if "params" in r), 0)
     print(
         f"learner step peak memory, device={args.device}, model {params / 1e6:.1f}M params "
-        f"(hidden {args.hidden}, {args.layers} layers), batch {args.batch}, prompt {args.prompt_length}, "
+        f"(hidden {args.hidden}, {args.layers} layers, MLP {args.intermediate or 2 * args.hidden}), batch {args.batch}, prompt {args.prompt_length}, "
         f"response {args.response_length}; peak = {'max_memory_allocated' if args.device == 'cuda' else 'live tensor bytes (dispatch-mode tracker)'} over the pre-step baseline"
     )
     print(_table(records))
@@ -249,8 +293,6 @@ def main() -> None:
             "maxRSS+: ru_maxrss growth over the pre-step RSS (cross-check; includes allocator caching,"
         )
         print("floored by the warm-up step's own peak, so small values are unreliable)")
-    if args.json:
-        args.json.write_text(json.dumps(records, indent=2))
 
 
 if __name__ == "__main__":
