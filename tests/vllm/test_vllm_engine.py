@@ -133,3 +133,40 @@ def test_bfloat16_update_is_accepted(vllm_client, prompts):
     expected = CausalSampler("hf", rounded, CausalSamplingConfig(gen_length=8, temperature=0))
     got = vllm_client.generate(prompts, 1)
     assert [r.response_ids for r in got] == [r.response_ids for r in expected.generate(prompts, 1)]
+
+
+def test_grpo_steps_with_vllm_rollouts_raise_a_toy_reward(vllm_client):
+    """The loop the cluster runs, in one process: vLLM samples, the learner takes a GRPO step,
+    the new weights go back into the engine in place, and the next rollouts carry that version.
+    Reward: share of response tokens equal to one target token."""
+    from learner.advantages import group_advantages
+    from learner.grpo import completion_mask, grpo_objective
+
+    length, target = 6, 40
+    vllm_client.sampling = CausalSamplingConfig(gen_length=length, temperature=1.0)
+    policy = tiny_causal(0)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-2)
+    prompts = [[10 + i, 20 + i] for i in range(4)]
+    means = []
+    for step in range(12):
+        push(vllm_client, policy, 100 + step)
+        rollouts = vllm_client.generate(prompts, 8, seed=step)
+        assert {r.policy_version for r in rollouts} == {100 + step}
+        rewards = torch.tensor([sum(t == target for t in r.response_ids[: r.num_tokens]) / length
+                                for r in rollouts])  # fmt: skip
+        means.append(float(rewards.mean()))
+        adv = group_advantages(rewards, torch.tensor([r.group_id for r in rollouts]))
+        ids, mask = pack_prompt_response([r.prompt_ids for r in rollouts],
+                                         [r.response_ids for r in rollouts], pad_id=policy.pad_id)  # fmt: skip
+        logp = response_logprobs(policy.train(), ids, mask, length, temperature=1.0)
+        old = torch.tensor([r.logprobs for r in rollouts])
+        done = completion_mask(ids[:, -length:], policy.eos_id)
+        # On-policy: vLLM's log-probs are the learner's, so every ratio starts at 1.
+        assert (logp[done].detach() - old[done]).abs().max() < LOGPROB_ATOL
+        terms = grpo_objective(logp, old, adv, done, clip_eps=0.2)
+        optimizer.zero_grad()
+        (-terms.objective.mean()).backward()
+        optimizer.step()
+        policy.eval()
+    print("vLLM GRPO toy reward by step:", [round(m, 3) for m in means])
+    assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.2, means
