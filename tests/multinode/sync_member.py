@@ -3,18 +3,21 @@ benchmarks/weight_sync.py run it on the namespace hosts with `ip netns exec`.
 
     python tests/multinode/sync_member.py ROLE --rank R --world W --store ADDR:PORT --addr MY_ADDR ...
 
-Roles:
-- `root` / `recv`: the project's weight sync (cluster.weight_sync): the root sends a deterministic
-  float32 state dict of Llama shapes (`--sizes small,medium,large`: 2.6, 84 and 336 MB); receivers
-  hold a model whose weights are FlatWeights and receive with `receive_into` + `commit`
-  (`--impl new`), or run the code this replaced (`--impl old`: whole buckets packed, fresh
-  receive buffers, then a copy into the model).
-- `gloo`: a plain ProcessGroupGloo broadcast of one buffer of each size (the collective's limit).
-- `tcp-recv` / `tcp-send`: one plain TCP stream (the link's limit), receiver at --addr.
-`--default-device` builds the gloo group the way the project did before cluster.network (no
-device: gloo binds what the hostname resolves to), to show the failure across hosts.
-Each timed round runs between two barriers, so it covers delivery to every receiver. The member
-prints one JSON line: per size, the round times and (receivers) a sha1 digest of what arrived.
+ROLE is `root` (rank 0, the learner: sends a deterministic float32 state dict of Llama shapes,
+`--sizes small,medium,large` = 2.6, 84 and 336 MB) or `recv` (a rollout worker: a zero-filled
+model of those shapes). `--variants` are measured side by side, round by round, in one process
+so they see the same machine load:
+- `tcp`: one plain TCP stream from rank 0 to rank 1 (`--peer`), into a touched buffer: the link;
+- `gloo`: a plain ProcessGroupGloo broadcast of one buffer of the size: the collective's limit;
+- `new:SHAPE`: the project's weight sync (cluster.weight_sync.send_weights / receive_into into
+  FlatWeights, then commit), SHAPE auto, chain or broadcast;
+- `old:broadcast`: the code it replaced (whole buckets packed, blocking broadcasts, fresh receive
+  buffers, then a copy into the model).
+Each timed round runs between two barriers, so it covers delivery to every receiver; after the
+rounds every weight-sync variant delivers new values once more and each member records a sha1 of
+its weights. `--default-device` instead builds the group as the project did before cluster.network
+(gloo's default device, from the hostname), to show the failure across hosts.
+The member prints one JSON line.
 """
 
 from __future__ import annotations
@@ -95,159 +98,163 @@ def _barrier(pg) -> None:
     pg.barrier().wait()
 
 
-def run_project(args) -> dict:
-    """Per shape in --shape (comma-separated) and size: round times and the digest delivered."""
-    if args.default_device:  # the group as it was built before cluster.network, for the negative test
-        host, port = args.store.rsplit(":", 1)
-        store = dist.TCPStore(host, int(port), args.world, is_master=args.rank == 0,
-                              timeout=timedelta(seconds=args.timeout))
-        pg = dist.ProcessGroupGloo(dist.PrefixStore("weights-epoch-1/", store), args.rank, args.world,
-                                   timedelta(seconds=args.timeout))
-        _barrier(pg)
-        return {"connected": True}
-    from cluster.weight_sync import SyncGroup, SyncGroupSpec, plan_for
-
+def _store(args, offset: int = 0):
     host, port = args.store.rsplit(":", 1)
-    groups = {}
-    for i, shape in enumerate(args.shape.split(",")):  # one group per shape, on the next port
-        spec = SyncGroupSpec(host, int(port) + i, args.world, epoch=1, backend="gloo",
-                             timeout_s=args.timeout, shape=shape, chunk_mb=args.chunk_mb)
-        groups[shape] = SyncGroup(spec, args.rank, torch.device("cpu"), address=args.addr)
-    out = {shape: {"shape": g.shape, "endpoint": [g.endpoint.address, g.endpoint.interface]}
-           for shape, g in groups.items()}
+    return dist.TCPStore(host, int(port) + offset, args.world, is_master=args.rank == 0,
+                         timeout=timedelta(seconds=args.timeout))
+
+
+def run_default_device(args) -> dict:
+    """The group as the project built it before cluster.network: gloo's default device, which
+    binds and advertises what the hostname resolves to (the negative test)."""
+    pg = dist.ProcessGroupGloo(dist.PrefixStore("weights-epoch-1/", _store(args)), args.rank, args.world,
+                               timedelta(seconds=args.timeout))
+    _barrier(pg)
+    return {"connected": True}
+
+
+class _Transfers:
+    """Every variant's connection between these members, set up once (port = base + index)."""
+
+    def __init__(self, args) -> None:
+        from cluster.weight_sync import SyncGroup, SyncGroupSpec
+
+        self.args, self.groups, self.sock = args, {}, None
+        # Control group (barriers) and the plain-gloo variant: bound by address, default options.
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timedelta(seconds=args.timeout)
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=args.addr)]
+        self.ctl = dist.ProcessGroupGloo(_store(args), args.rank, args.world, options)
+        host, port = args.store.rsplit(":", 1)
+        for i, variant in enumerate(args.variants, start=1):
+            if variant == "tcp":
+                self.sock = self._connect(int(port) + i)
+            elif ":" in variant:
+                spec = SyncGroupSpec(host, int(port) + i, args.world, epoch=1, backend="gloo",
+                                     timeout_s=args.timeout, shape=variant.split(":")[1], chunk_mb=args.chunk_mb)
+                self.groups[variant] = SyncGroup(spec, args.rank, torch.device("cpu"), address=args.addr)
+            elif variant != "gloo":
+                raise ValueError(f"unknown variant {variant!r}")
+
+    def _connect(self, port: int) -> socket.socket | None:
+        """One TCP stream from rank 0 to rank 1 (the raw link); other ranks take no part."""
+        if self.args.rank == 1:
+            server = socket.create_server((self.args.addr, port))
+            _barrier(self.ctl)
+            conn, _ = server.accept()
+            server.close()
+            return conn
+        _barrier(self.ctl)
+        if self.args.rank == 0:
+            return socket.create_connection((self.args.peer, port), timeout=self.args.timeout)
+        return None
+
+    def close(self) -> None:
+        for group in self.groups.values():
+            group.close()
+        if self.sock is not None:
+            self.sock.close()
+
+
+def run_project(args) -> dict:
+    """Per size: every variant, rounds interleaved (so each sees the same load), then one checked
+    delivery per weight-sync variant: round times, shapes, endpoints and digests."""
+    from cluster.weight_sync import plan_for
+
+    t = _Transfers(args)
+    out: dict = {v: {} for v in args.variants}
+    for variant, group in t.groups.items():
+        out[variant].update(shape=group.shape, endpoint=[group.endpoint.address, group.endpoint.interface])
     for size in args.sizes:
         if args.rank == 0:
             state = source_state(size, args.seed)
+            buckets = plan_for(state, args.bucket_mb)
         else:
             state = receiver_module(size)
-        buckets = plan_for(state if args.rank == 0 else state.state_dict(), args.bucket_mb)
-        flat = None
-        for i, (shape, group) in enumerate(groups.items()):
-            if args.rank == 0 and i:  # every shape delivers other values than the one before
-                for tensor in state.values():
-                    tensor.add_(1.0)
-            if args.rank == 0:
-                seconds = _send_rounds(args, group, state, buckets)
-                dig = digest(state)
-            else:
-                if flat is None and args.impl == "new":
-                    from dllm.weights import FlatWeights
-
-                    flat = FlatWeights(state, buckets)
-                seconds = _receive_rounds(args, group, state, buckets, flat)
-                dig = digest(state.state_dict())
-            out[shape][size] = {"seconds": seconds, "bytes": nbytes(size), "digest": dig}
-    for group in groups.values():
-        group.close()
-    return out
-
-
-def _send_rounds(args, group, state: dict, buckets: list) -> list[float]:
-    from cluster.weight_sync import send_weights
-    from dllm.weights import pack_bucket
-
-    seconds = []
-    for _ in range(args.rounds):
-        _barrier(group._pg)
-        start = time.perf_counter()
-        if args.impl == "new":
-            send_weights(group, state, buckets)
-        else:  # before: each whole bucket packed, then one blocking broadcast
-            for bucket in buckets:
-                group.broadcast(pack_bucket(bucket, state))
-        _barrier(group._pg)
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def _receive_rounds(args, group, model: nn.Module, buckets: list, flat) -> list[float]:
-    from cluster.weight_sync import receive_into
-    from dllm.weights import load_buckets_into
-
-    seconds = []
-    for _ in range(args.rounds):
-        _barrier(group._pg)
-        start = time.perf_counter()
-        if flat is not None:
-            receive_into(group, buckets, flat)
-            flat.commit()
-        else:  # before: fresh buffers, one blocking broadcast each, then a copy into the model
-            flats = [torch.empty(b.numel, dtype=b.torch_dtype) for b in buckets]
-            for f in flats:
-                group.broadcast(f)
-            load_buckets_into(model, buckets, flats)
-        _barrier(group._pg)
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def run_gloo(args) -> dict:
-    host, port = args.store.rsplit(":", 1)
-    store = dist.TCPStore(host, int(port), args.world, is_master=args.rank == 0,
-                          timeout=timedelta(seconds=args.timeout))
-    options = dist.ProcessGroupGloo._Options()
-    options._timeout = timedelta(seconds=args.timeout)
-    options._devices = [dist.ProcessGroupGloo.create_device(hostname=args.addr)]
-    pg = dist.ProcessGroupGloo(store, args.rank, args.world, options)
-    opts = dist.BroadcastOptions()
-    opts.rootRank = 0
-    out = {}
-    for size in args.sizes:
-        buf = torch.ones(nbytes(size) // 4)  # touched: no page faults inside the timing
-        seconds = []
+            buckets = plan_for(state.state_dict(), args.bucket_mb)
+        ctx = _SizeContext(args, t, state, buckets, nbytes(size))
+        times: dict[str, list[float]] = {v: [] for v in args.variants}
         for _ in range(args.rounds):
-            _barrier(pg)
-            start = time.perf_counter()
-            pg.broadcast([buf], opts).wait()
-            _barrier(pg)
-            seconds.append(time.perf_counter() - start)
-        out[size] = {"seconds": seconds, "bytes": nbytes(size)}
-    return out
-
-
-def run_tcp(args) -> dict:
-    """One stream, receiver side timed from its first byte to its last, per size and round."""
-    host, port = args.store.rsplit(":", 1)
-    chunk = memoryview(bytearray(4 * 2**20))
-    out = {}
-    if args.role == "tcp-recv":
-        server = socket.create_server((args.addr, int(port)))
-        conn, _ = server.accept()
-        for size in args.sizes:
-            seconds, want = [], nbytes(size)
-            for _ in range(args.rounds):
-                got = conn.recv_into(chunk)
+            for variant in args.variants:
+                _barrier(t.ctl)
                 start = time.perf_counter()
-                while got < want:
-                    n = conn.recv_into(chunk, min(len(chunk), want - got))
-                    if n == 0:
-                        raise ConnectionError(f"sender closed after {got} of {want} bytes")
-                    got += n
-                seconds.append(time.perf_counter() - start)
-                conn.sendall(b"k")  # the next round starts when the receiver is ready
-            out[size] = {"seconds": seconds, "bytes": want}
-        conn.close()
-    else:
-        deadline = time.monotonic() + args.timeout
-        while True:
-            try:
-                conn = socket.create_connection((host, int(port)), timeout=args.timeout)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        for size in args.sizes:
-            for _ in range(args.rounds):
-                left = nbytes(size)
-                while left:
-                    view = chunk[: min(len(chunk), left)]
-                    conn.sendall(view)
-                    left -= len(view)
-                if conn.recv(1) != b"k":
-                    raise ConnectionError("receiver did not acknowledge")
-        conn.close()
+                ctx.run(variant)
+                _barrier(t.ctl)
+                times[variant].append(time.perf_counter() - start)
+        for variant in args.variants:
+            out[variant][size] = {"seconds": times[variant], "bytes": ctx.nbytes}
+            if variant in t.groups:  # a delivery of values none of the earlier ones had
+                if args.rank == 0:
+                    for tensor in state.values():
+                        tensor.add_(1.0)
+                ctx.run(variant)
+                _barrier(t.ctl)
+                out[variant][size]["digest"] = digest(state if args.rank == 0 else state.state_dict())
+    t.close()
     return out
+
+
+class _SizeContext:
+    """One size's state (root) or model (receivers) and the transfer each variant does."""
+
+    def __init__(self, args, transfers: _Transfers, state, buckets: list, size_bytes: int) -> None:
+        self.args, self.t, self.state, self.buckets, self.nbytes = args, transfers, state, buckets, size_bytes
+        self.flat = None
+        self.buffer = torch.ones(size_bytes // 4)  # plain-gloo and TCP payload, touched
+        if args.rank and any(v.startswith("new:") for v in args.variants):
+            from dllm.weights import FlatWeights
+
+            self.flat = FlatWeights(state, buckets)
+
+    def run(self, variant: str) -> None:
+        if variant == "tcp":
+            self._tcp()
+        elif variant == "gloo":
+            opts = dist.BroadcastOptions()
+            opts.rootRank = 0
+            self.t.ctl.broadcast([self.buffer], opts).wait()
+        elif variant.startswith("new:"):
+            self._new(self.t.groups[variant])
+        else:
+            self._old(self.t.groups[variant])
+
+    def _tcp(self) -> None:
+        view = memoryview(self.buffer.numpy()).cast("B")
+        if self.args.rank == 0:
+            self.t.sock.sendall(view)
+            if self.t.sock.recv(1) != b"k":
+                raise ConnectionError("TCP receiver did not acknowledge")
+        elif self.args.rank == 1:
+            got = 0
+            while got < len(view):
+                n = self.t.sock.recv_into(view[got:])
+                if n == 0:
+                    raise ConnectionError(f"TCP sender closed after {got} of {len(view)} bytes")
+                got += n
+            self.t.sock.sendall(b"k")
+
+    def _new(self, group) -> None:
+        from cluster.weight_sync import receive_into, send_weights
+
+        if self.args.rank == 0:
+            send_weights(group, self.state, self.buckets)
+        else:
+            receive_into(group, self.buckets, self.flat)
+            self.flat.commit()
+
+    def _old(self, group) -> None:
+        """The code this replaced: whole buckets packed, blocking broadcasts, fresh receive
+        buffers, then a copy into the model."""
+        from dllm.weights import load_buckets_into, pack_bucket
+
+        if self.args.rank == 0:
+            for bucket in self.buckets:
+                group.broadcast(pack_bucket(bucket, self.state))
+        else:
+            flats = [torch.empty(b.numel, dtype=b.torch_dtype) for b in self.buckets]
+            for flat in flats:
+                group.broadcast(flat)
+            load_buckets_into(self.state, self.buckets, flats)
 
 
 def member_command(role: str, rank: int, world: int, store: str, addr: str, *extra: str) -> list[str]:
@@ -280,15 +287,16 @@ def run_members(commands: list[list[str]], timeout: float, env: dict[str, str] |
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("role", choices=["root", "recv", "gloo", "tcp-send", "tcp-recv"])
+    p.add_argument("role", choices=["root", "recv"])
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--store", required=True, help="ADDR:PORT of rank 0 (the TCP receiver for tcp-*)")
     p.add_argument("--addr", required=True, help="this member's own address")
     p.add_argument("--sizes", type=lambda s: s.split(","), default=["small"])
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--impl", choices=["new", "old"], default="new")
-    p.add_argument("--shape", default="auto")
+    p.add_argument("--variants", type=lambda s: s.split(","), default=["new:auto"],
+                   help="tcp, gloo, new:SHAPE, old:broadcast (SHAPE: auto, chain, broadcast)")
+    p.add_argument("--peer", default="", help="rank 1's address (for the tcp variant)")
     p.add_argument("--chunk-mb", type=int, default=32)
     p.add_argument("--bucket-mb", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -297,12 +305,7 @@ def main() -> None:
     p.add_argument("--default-device", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.role in ("root", "recv"):
-        result = run_project(args)
-    elif args.role == "gloo":
-        result = run_gloo(args)
-    else:
-        result = run_tcp(args)
+    result = run_default_device(args) if args.default_device else run_project(args)
     print(json.dumps({"role": args.role, "rank": args.rank, **result}), flush=True)
 
 

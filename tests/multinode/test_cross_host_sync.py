@@ -24,17 +24,18 @@ def _members(cluster, port: int, *extra: str) -> list[list[str]]:
 
 def test_broadcast_to_two_hosts_is_bit_identical(netcluster):
     # Both shapes in one launch (start-up dominates on 2 cores); each sends other values.
-    results = run_members(_members(netcluster, 29710, "--shape=chain,broadcast", "--sizes=small",
+    results = run_members(_members(netcluster, 29710, "--variants=new:chain,new:broadcast", "--sizes=small",
                                    "--rounds=2", "--seed=7", "--timeout=30"), timeout=150,
                           env=netcluster.env())
     root, *receivers = results
-    assert root["chain"]["small"]["digest"] != root["broadcast"]["small"]["digest"]
+    assert root["new:chain"]["small"]["digest"] != root["new:broadcast"]["small"]["digest"]
     for shape in ("chain", "broadcast"):
         for rank, got in enumerate(receivers, start=1):
-            assert got[shape]["shape"] == shape
-            assert got[shape]["endpoint"] == [netcluster.addresses[rank], "eth0"]  # own address, own link
-            assert got[shape]["small"]["digest"] == root[shape]["small"]["digest"], f"{shape}: receiver {rank}"
-            assert got[shape]["small"]["bytes"] == root[shape]["small"]["bytes"] == 2_624_000
+            sent, came = root[f"new:{shape}"], got[f"new:{shape}"]
+            assert came["shape"] == shape
+            assert came["endpoint"] == [netcluster.addresses[rank], "eth0"]  # own address, own link
+            assert came["small"]["digest"] == sent["small"]["digest"], f"{shape}: receiver {rank}"
+            assert came["small"]["bytes"] == sent["small"]["bytes"] == 2_624_000
 
 
 def test_hostname_bound_gloo_fails_across_hosts(netcluster):

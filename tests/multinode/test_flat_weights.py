@@ -104,8 +104,9 @@ def test_endpoint_resolution_by_address_and_override():
 def test_loopback_pipeline_delivers_bit_identical_weights_to_three_receivers():
     port = free_port("127.0.0.1")
     cmds = [member_command("root" if r == 0 else "recv", r, 4, f"127.0.0.1:{port}", "127.0.0.1",
-                           "--shape=chain,broadcast", "--sizes=small", "--chunk-mb=1", "--seed=3")
+                           "--variants=new:chain,new:broadcast", "--sizes=small", "--chunk-mb=1", "--seed=3")
             for r in range(4)]
     root, *receivers = run_members(cmds, timeout=150)
     for shape in ("chain", "broadcast"):
-        assert {r[shape]["small"]["digest"] for r in receivers} == {root[shape]["small"]["digest"]}
+        sent = root[f"new:{shape}"]["small"]["digest"]
+        assert {r[f"new:{shape}"]["small"]["digest"] for r in receivers} == {sent}
