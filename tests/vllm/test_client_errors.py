@@ -4,9 +4,11 @@ The worker loop (`rollout.vllm_engine.serve`) runs in a thread against a fake en
 "pythons" (shell scripts) stand in for a worker that dies or hangs.
 """
 
+import importlib.util
 import os
 import socket
 import stat
+import sys
 import threading
 import time
 
@@ -141,3 +143,11 @@ def test_update_must_cover_the_checkpoint(model_dir):
     assert "lm_head.weight" not in select_update(state, tied, tied_lm_head=True)
     with pytest.raises(KeyError, match="lm_head"):
         select_update(state, tied, tied_lm_head=False)
+
+
+@pytest.mark.slow  # the worker imports torch and transformers before it finds no vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="this python has vllm")
+def test_a_python_without_vllm_is_named_in_the_error(tmp_path, model_dir):
+    with pytest.raises(VLLMWorkerError, match="failed 'start': ModuleNotFoundError: No module named 'vllm'"):
+        VLLMRolloutClient("vllm-x", model_dir, CausalSamplingConfig(gen_length=4), python=sys.executable,
+                          log_path=tmp_path / "w.log")  # fmt: skip
