@@ -111,9 +111,10 @@ class VLLMRolloutClient:
         self.tokenizer = tokenizer
         self.eos_id = self._eos_id(tokenizer)
         python = vllm_python(python)
-        self.log_path = Path(log_path) if log_path else Path(
-            tempfile.mkstemp(prefix=f"bgpo-{worker_id}-", suffix=".log")[1]
-        )
+        if log_path is None:  # vLLM's own log: kept after the worker exits, for post-mortems
+            handle, log_path = tempfile.mkstemp(prefix=f"bgpo-{worker_id}-", suffix=".log")
+            os.close(handle)
+        self.log_path = Path(log_path)
         config = {"model_path": str(self.model_path), "eos_id": self.eos_id, "dtype": dtype,
                   "max_model_len": max_model_len, "seed": self.seed}  # fmt: skip
         # e.g. {"gpu_memory_utilization": 0.3, "enforce_eager": False} on a GPU; an unknown key
