@@ -166,7 +166,6 @@ def measure_one(config: RunConfig) -> dict:
     of benchmarks/learner_memory.py: warm-up step with n_t = 1, then the measured step)."""
     import importlib.util
 
-    from cluster.actors import learner_config
     from cluster.data import encode_prompts, generated_train_and_heldout, prompt_text
     from cluster.policy_factory import build_policy, load_tokenizer
     from learner import LearnerWorker, build_train_batch, draw_masks
@@ -193,7 +192,7 @@ def measure_one(config: RunConfig) -> dict:
         [torch.randint(5, vocab, (prompt_len,), generator=g).tolist() for _ in range(n)],
         [torch.randint(5, vocab, (gen_len,), generator=g).tolist() for _ in range(n)],
         torch.rand(n, generator=g).tolist(), [i // group for i in range(n)], pad_id=policy.pad_id)
-    learner = LearnerWorker(policy, learner_config(config))
+    learner = LearnerWorker(policy, config.learner, seed=config.seed)
     n_t = config.learner.n_t
     gen = torch.Generator().manual_seed(1)
     learner.step(replace(batch, masks=draw_masks(n, 1, batch.response_length, gen)))

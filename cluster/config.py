@@ -1,8 +1,11 @@
 """The run configuration: one pydantic schema, YAML files in configs/, dotted overrides.
 
-Every field has a docstring; unknown keys fail with the key's name (`extra="forbid"`). A run
-writes the resolved config to `<output_dir>/<run_name>/config.resolved.yaml`. This module only
-describes and validates; it starts nothing.
+`RunConfig` composes the packages' own schemas (learner/config.py's `LearnerConfig`,
+rollout/config.py's `SamplingConfig`) with what only a cluster run has: pool sizes, resources and
+placement, data, trainer, checkpoints. Every field has a docstring; unknown keys fail with the key's
+name (`extra="forbid"`). A run writes the resolved config to
+`<output_dir>/<run_name>/config.resolved.yaml`. This module only describes and validates; it starts
+nothing.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from learner.config import LearnerConfig, Section
+from rollout.config import SamplingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
 class TinyModelConfig(Section):
@@ -36,8 +38,12 @@ class ModelConfig(Section):
     """Shape of the built-in model when name_or_path is "tiny"."""
     dtype: str = "auto"
     """fp32, bf16 or auto (bf16 on CUDA, fp32 on CPU)."""
+    implementation: Literal["native", "remote"] = "native"
+    """LLaDA and Dream: native runs this repo's own classes (dllm/models: padding honoured, KV
+    caches, FSDP blocks) on the official weights; remote runs the checkpoint's own modeling code
+    (needs trust_remote_code; LLaDA's ignores the attention mask)."""
     trust_remote_code: bool = True
-    """LLaDA and Dream ship their model code with the checkpoint."""
+    """Allow the checkpoint's own code: the remote implementation, and Dream's tokenizer."""
 
 
 class TaskConfig(Section):
@@ -58,34 +64,34 @@ class TaskConfig(Section):
     """Reward preset: bgpo (paper), d1, or compact (completion is the answer; tiny model)."""
 
 
-class SamplingSection(Section):
-    gen_length: int = 16
-    """Response length L in tokens (LLaDA pads the tail with EOS)."""
-    steps: int = 16
-    """Diffusion steps for the whole response."""
-    block_length: int = 16
-    """Semi-autoregressive block size; gen_length must be a multiple of it."""
-    temperature: float = 1.0
-    """Gumbel-max temperature for training rollouts (0 = greedy)."""
-    remasking: Literal["low_confidence", "random"] = "low_confidence"
-    """Which masked positions are committed at each step."""
-    cache: Literal["none", "prefix", "dual"] = "none"
-    """Fast-dLLM approximate KV cache (off by default: it changes the samples)."""
-    threshold: float | None = None
-    """Confidence-threshold parallel decoding; None is off (reported unstable inside online RL)."""
-    eval_mode: bool = False
-    """Evaluation decoding: a predicted EOS gets confidence 0, so it is committed last (bgpo.md 7.4)."""
+class Placement(Section):
+    """Where a pool's actors may run. Nodes declare custom resources with `ray start --resources`
+    and labels with `ray start --labels`; an actor needing either lands only on such nodes."""
 
-    @model_validator(mode="after")
-    def _blocks_divide(self) -> SamplingSection:
-        if self.gen_length % self.block_length:
-            raise ValueError(f"gen_length {self.gen_length} is not a multiple of block_length {self.block_length}")
-        blocks = self.gen_length // self.block_length
-        if self.steps > self.gen_length:
-            raise ValueError(f"steps {self.steps} exceed gen_length {self.gen_length} (at most one token per step)")
-        if self.steps % blocks:
-            raise ValueError(f"steps {self.steps} is not a multiple of the number of blocks {blocks}")
-        return self
+    resources: dict[str, float] = {}
+    """Custom resources each actor of the pool requires, e.g. {"rollout_host": 0.01}."""
+    label_selector: dict[str, str] = {}
+    """Node labels each actor requires, e.g. {"pool": "rollout"} (Ray's label_selector)."""
+    strategy: Literal["DEFAULT", "SPREAD", "PACK", "STRICT_PACK", "STRICT_SPREAD"] = "DEFAULT"
+    """DEFAULT or SPREAD for actor pools; for the learner group, its placement group's strategy
+    (PACK keeps NCCL ranks on one host when they fit)."""
+
+
+class SpreadPlacement(Placement):
+    strategy: Literal["DEFAULT", "SPREAD", "PACK", "STRICT_PACK", "STRICT_SPREAD"] = "SPREAD"
+    """SPREAD (default): rollout actors go to different nodes where they can."""
+
+
+class PackPlacement(Placement):
+    strategy: Literal["DEFAULT", "SPREAD", "PACK", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """The learner group's placement-group strategy; PACK (default) keeps ranks on one host when
+    they fit, STRICT_PACK insists, SPREAD/STRICT_SPREAD put one rank per host."""
+
+
+# The embedded default run samples the tiny model's 16-token compact answers; a YAML section that
+# sets some sampling keys keeps these for the rest (not the library's LLaDA defaults).
+TINY_SAMPLING = {"gen_length": 16, "steps": 16, "block_length": 16, "temperature": 1.0}
+TINY_EVAL_SAMPLING = {**TINY_SAMPLING, "temperature": 0.0, "eval_mode": True}
 
 
 class RolloutConfig(Section):
@@ -97,14 +103,27 @@ class RolloutConfig(Section):
     """GPUs reserved per rollout actor."""
     num_threads: int | None = None
     """torch intra-op threads per rollout actor (default: num_cpus, at least 1)."""
+    cpu_affinity: list[int] | None = None
+    """Pin rollout actors to these cores (None: no pinning); benchmarks/pipeline.py --disjoint
+    uses it to give rollout and learner disjoint cores, as separate devices would be."""
     group_size: int = Field(8, ge=1)
     """G: samples per prompt (one GRPO group)."""
     micro_batch_size: int = 64
     """Sequences per sampler forward on a worker."""
-    sampling: SamplingSection = SamplingSection()
-    """Sampler settings for training rollouts."""
-    eval_sampling: SamplingSection = SamplingSection(temperature=0.0, eval_mode=True)
+    sampling: SamplingConfig = SamplingConfig(**TINY_SAMPLING)
+    """Sampler settings for training rollouts (keys not given keep the tiny run's values)."""
+    eval_sampling: SamplingConfig = SamplingConfig(**TINY_EVAL_SAMPLING)
     """Sampler settings for held-out evaluation (greedy, EOS confidence 0: the paper's setting)."""
+    placement: SpreadPlacement = SpreadPlacement()
+    """Where rollout actors go (SPREAD over the nodes by default)."""
+
+    @field_validator("sampling", "eval_sampling", mode="before")
+    @classmethod
+    def _over_tiny_defaults(cls, value, info):
+        if isinstance(value, dict):
+            base = TINY_SAMPLING if info.field_name == "sampling" else TINY_EVAL_SAMPLING
+            return {**base, **value}
+        return value
 
 
 class RewardsConfig(Section):
@@ -118,68 +137,26 @@ class RewardsConfig(Section):
     """Wall-clock limit to score one completion."""
     allow_unsandboxed: bool = False
     """Run code without the sandbox when none works (explicit opt-in)."""
+    placement: Placement = Placement()
+    """Where verifier actors go."""
 
 
-class DiffuGRPOSection(Section):
-    clip_eps: float = 0.5
-    """Token-level ratio clip (d1; bgpo.md section 8)."""
-    beta: float = Field(0.04, ge=0)
-    """KL(pi || pi_ref) weight, k3 estimator; 0 needs no reference policy."""
-    iterations: int = Field(12, ge=1)
-    """Inner optimizer steps per rollout batch (d1's mu)."""
-    prompt_mask_prob: float = Field(0.15, ge=0, le=1)
-    """Each real prompt token is masked with this probability in every log-prob estimate."""
+class LearnerSection(LearnerConfig):
+    """The learner's own settings (learner/config.py, one set of defaults) plus its pool."""
 
-
-class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1)
     """Learner ranks in one torch.distributed group (gloo on CPU, NCCL on GPU)."""
     num_cpus: float = 1.0
     """CPUs reserved per learner rank."""
     num_gpus: float = 0.0
     """GPUs reserved per learner rank."""
-    sharding: Literal["replicate", "fsdp"] = "replicate"
-    """replicate: every rank holds the whole model and optimizer (gradients all-reduced).
-    fsdp: FSDP2 shards weights, gradients and optimizer state over the ranks, for models that do
-    not fit one device (LLaDA-8B full fine-tuning)."""
-    compute_dtype: Literal["bf16"] | None = None
-    """fsdp only: forward and backward run in this dtype while the learner keeps fp32 weights,
-    gradients and AdamW state (FSDP2 mixed precision). Use it with a bf16 model: bf16 weights
-    cannot take updates as small as lr 5e-7. Rollout workers still get model.dtype weights.
-    None: the learner trains in model.dtype. (No fp16: it would need loss scaling, not built.)"""
     num_threads: int | None = 2
     """torch intra-op threads per learner rank (None: num_cpus). In synchronous mode the rollout
     actors are idle while the learner trains, so on a small CPU node it may use every core."""
-    objective: Literal["bgpo", "elbo_ratio", "diffu_grpo"] = "bgpo"
-    """Policy objective (bgpo.md sections 4 and 8)."""
-    n_t: int = Field(8, ge=1)
-    """Monte Carlo samples per response for the ELBO."""
-    micro_batch_size: int = 32
-    """Sequences per forward/backward."""
-    mc_chunk: int = 1
-    """MC samples per forward (more is faster and uses more memory)."""
-    lr: float = 5e-5
-    """AdamW learning rate (the paper uses 5e-7 on LLaDA-8B)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip."""
-    clip_eps: float | None = None
-    """PPO-style ratio clipping for stale samples (None: off, inert on-policy anyway)."""
-    dual_clip: float | None = 3.0
-    """Dual clip for A < 0, used only when clip_eps is set (None: off)."""
-    bucket_bytes: int = Field(25 * 2**20, ge=1)
-    """Gradient all-reduce bucket size across learner ranks."""
-    diffu_grpo: DiffuGRPOSection = DiffuGRPOSection()
-    """Settings of the diffu_grpo baseline objective (ignored by bgpo and elbo_ratio)."""
-
-    @model_validator(mode="after")
-    def _mixed_precision_needs_fsdp(self) -> LearnerConfig:
-        if self.compute_dtype is not None and self.sharding != "fsdp":
-            raise ValueError("learner.compute_dtype (fp32 master weights) needs learner.sharding=fsdp")
-        return self
+    cpu_affinity: list[int] | None = None
+    """Pin learner ranks to these cores (None: no pinning); see rollout.cpu_affinity."""
+    placement: PackPlacement = PackPlacement()
+    """Where the learner ranks go: one placement group, one bundle per rank (PACK by default)."""
 
 
 class WarmupConfig(Section):
@@ -207,6 +184,11 @@ class TrainerConfig(Section):
     """Held-out rows per evaluation."""
     rollout_timeout_s: float = 600.0
     """Deadline for one rollout request; late work is re-dispatched once, then dropped."""
+    start_timeout_s: float = 300.0
+    """How long the run waits for its actors to be placed and start before it fails, naming the
+    pool, what it asks for and what the cluster has free (reported every 30 s while it waits)."""
+    progress_timeout_s: float = 1800.0
+    """A run that completes no step for this long fails with the reason instead of hanging."""
 
 
 class CheckpointConfig(Section):
@@ -228,6 +210,18 @@ class WeightSyncConfig(Section):
     """collective: bucketed torch.distributed broadcast; object_store: numpy buckets via Ray."""
     bucket_mb: int = 256
     """Bucket size for the broadcast."""
+    retries: int = Field(2, ge=0)
+    """Failed syncs retried (dead receivers replaced first) before the run fails, naming them."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Deadline for one sync, including the group's rendezvous."""
+
+
+class ClusterConfig(Section):
+    network_interface: str | None = None
+    """Interface gloo/NCCL bind to (GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME); None: the one that
+    holds each node's Ray address."""
+    controller: Placement = Placement()
+    """Where the controller actor goes (for example {"resources": {"head": 0.01}})."""
 
 
 class RunConfig(Section):
@@ -244,11 +238,18 @@ class RunConfig(Section):
     warmup: WarmupConfig = WarmupConfig()
     rollout: RolloutConfig = RolloutConfig()
     rewards: RewardsConfig = RewardsConfig()
-    learner: LearnerConfig = LearnerConfig()
+    learner: LearnerSection = LearnerSection()
     trainer: TrainerConfig = TrainerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     tracking: TrackingConfig = TrackingConfig()
     weight_sync: WeightSyncConfig = WeightSyncConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _resolve_auto(self) -> RunConfig:
+        if self.learner.clip_eps == "auto":  # the resolved config shows the value in force
+            self.learner.clip_eps = self.learner.ratio_clip(self.trainer.max_staleness)
+        return self
 
     @property
     def run_dir(self) -> Path:

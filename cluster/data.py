@@ -15,8 +15,8 @@ import json
 import random
 from dataclasses import dataclass
 
+from dllm.padding import left_pad
 from rewards.datasets import load_rows
-from rollout.worker import left_pad
 
 SEPARATOR = "="
 

@@ -20,12 +20,12 @@ def item_records(texts: list[str], outcome: EvalOutcome) -> list[dict]:
     """One results.jsonl record per row of `outcome` (generated or missing), in row order."""
     records = []
     for rollout, result in zip(outcome.rollouts, outcome.results, strict=True):
-        score = result["score"]
+        score = result.score
         records.append({
             "index": rollout.item_index, "prompt": texts[rollout.item_index], "completion": rollout.text,
-            "score": score if math.isfinite(score) else None, "status": result["status"],
-            "detail": result["detail"], "nfe": rollout.nfe, "seconds": rollout.seconds,
-            "score_seconds": result.get("seconds"), "extra": result.get("extra", {}),
+            "score": score if math.isfinite(score) else None, "status": result.status,
+            "detail": result.detail, "nfe": rollout.nfe, "seconds": rollout.seconds,
+            "score_seconds": result.seconds, "extra": result.extra,
         })
     for index, why in outcome.missing.items():
         records.append({"index": index, "prompt": texts[index], "completion": None, "score": None,

@@ -1,8 +1,8 @@
 """Evaluation of a policy on a task's rows, spread over rollout actors and scored by verifiers.
 
-Two users share `generate_and_score`: the in-training evaluation (`World.evaluate`) and the
+Two users share `generate_and_score`: the in-training evaluation (`RayPools.evaluate`) and the
 `bgpo eval` command (`evaluate_checkpoint`, `main`). Items go out as eval requests with group
-size 1 through the same `RolloutStream` as training rollouts (deadlines, one re-dispatch, then
+size 1 through the same `RolloutDispatcher` as training rollouts (deadlines, one re-dispatch, then
 drop), are decoded with the config's `rollout.eval_sampling` and scored by verifier actors.
 
 `bgpo eval` defaults are the paper's evaluation settings (bgpo.md sections 6 and 7), picked from
@@ -18,12 +18,16 @@ import json
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cluster.contracts import RolloutRequest
+from cluster.dispatch import RolloutDispatcher
 from cluster.eval_report import item_records, markdown_table, summarize
-from cluster.stream import RolloutRequest, RolloutStream
+from cluster.scoring import Scorer
+from rewards.types import RewardResult
 
 # Response length L per task (bgpo.md section 6); eval steps = L, block 32.
 PAPER_GEN_LENGTH = {"gsm8k": 512, "math": 512, "humaneval": 512, "mbpp": 512,
@@ -39,7 +43,7 @@ class EvalOutcome:
     """Generated and scored rows of one evaluation (or one wave of it), in row order."""
 
     rollouts: list = field(default_factory=list)  # rollout.types.Rollout, one per generated row
-    results: list[dict] = field(default_factory=list)  # reward dict (score, status, ...) per rollout
+    results: list[RewardResult] = field(default_factory=list)  # one per rollout
     missing: dict[int, str] = field(default_factory=dict)  # row index -> why it has no generation
     seconds: float = 0.0  # wall-clock seconds spent generating (scoring excluded)
 
@@ -50,26 +54,26 @@ class EvalOutcome:
         self.seconds += other.seconds
 
 
-def generate_and_score(stream: RolloutStream, prompt_ids: list[list[int]], *, seed: int,
+def generate_and_score(dispatcher: RolloutDispatcher, scorer: Scorer, prompt_ids: list[list[int]], *, seed: int,
                        chunk_size: int | None = None,
                        on_wave: Callable[[EvalOutcome], None] | None = None) -> EvalOutcome:
     """Greedy-decode every prompt once (eval requests, group size 1) and score the completions.
 
     chunk_size None: one wave, the rows split round-robin into one request per rollout actor
     (the in-training evaluation). Otherwise waves of one `chunk_size`-row request per actor, each
-    wave collected (every request under the stream's deadline) and scored before the next, so a
+    wave collected (every request under the dispatcher's deadline) and scored before the next, so a
     long evaluation keeps deadlines per request and reports progress through `on_wave`.
     """
     total, start = EvalOutcome(), 0
     while start < len(prompt_ids):
-        workers = max(len(stream.rollouts.names()), 1)
+        workers = max(len(dispatcher.rollouts.names()), 1)
         if chunk_size is None:
             indices = list(range(start, len(prompt_ids)))
             shards = [indices[i::workers] for i in range(min(workers, len(indices)))]
         else:
             stop = min(start + workers * chunk_size, len(prompt_ids))
             shards = [list(range(i, min(i + chunk_size, stop))) for i in range(start, stop, chunk_size)]
-        wave = _one_wave(stream, prompt_ids, shards, seed)
+        wave = _one_wave(dispatcher, scorer, prompt_ids, shards, seed)
         if on_wave is not None:
             on_wave(wave)
         total.extend(wave)
@@ -77,21 +81,21 @@ def generate_and_score(stream: RolloutStream, prompt_ids: list[list[int]], *, se
     return total
 
 
-def _one_wave(stream: RolloutStream, prompt_ids: list[list[int]], shards: list[list[int]],
-              seed: int) -> EvalOutcome:
+def _one_wave(dispatcher: RolloutDispatcher, scorer: Scorer, prompt_ids: list[list[int]],
+              shards: list[list[int]], seed: int) -> EvalOutcome:
     inflight = [
-        stream.submit(RolloutRequest(step=-1, prompts=[prompt_ids[i] for i in shard], item_indices=shard,
+        dispatcher.submit(RolloutRequest(step=-1, prompts=[prompt_ids[i] for i in shard], item_indices=shard,
                                      group_ids=shard, group_size=1, seed=seed, eval=True))
         for shard in shards
     ]
     start = time.perf_counter()
-    rollouts = [r for out in stream.collect(inflight) for r in out["rollouts"]]
+    rollouts = [r for out in dispatcher.collect(inflight, Counter()) for r in out.rollouts]
     seconds = time.perf_counter() - start
     rollouts.sort(key=lambda r: r.item_index)
     done = {r.item_index for r in rollouts}
-    missing = {i: f"generation lost after {stream.max_attempts} attempts (late or rollout actor died)"
+    missing = {i: f"generation lost after {dispatcher.max_attempts} attempts (late or rollout actor died)"
                for shard in shards for i in shard if i not in done}
-    return EvalOutcome(rollouts, stream.score(rollouts) if rollouts else [], missing, seconds)
+    return EvalOutcome(rollouts, scorer.score(rollouts) if rollouts else [], missing, seconds)
 
 
 # ---- bgpo eval: settings ----------------------------------------------------------------------
@@ -237,22 +241,19 @@ class EvalActors:
     evaluated without starting actors again. Use as a context manager; `close` kills them."""
 
     def __init__(self, config) -> None:
+        from cluster.connect import connect
         from cluster.groups import RolloutPool, VerifierPool
-        from cluster.launch import connect
 
         connect(config)
         self.config = config
-        config_dict = config.model_dump(mode="json")
-        self.rollouts, self.verifiers = RolloutPool(config, config_dict), VerifierPool(config, config_dict)
+        self.rollouts, self.verifiers = RolloutPool(config), VerifierPool(config)
         try:
             for _ in range(config.rollout.num_workers):
                 self.rollouts.add()
             for _ in range(config.rewards.num_workers):
                 self.verifiers.add()
-            self.rollouts.ready(timeout_s=config.trainer.rollout_timeout_s)
-            if not self.rollouts.actors:
-                raise RuntimeError(f"no rollout actor was placed within {config.trainer.rollout_timeout_s} s: "
-                                   "check rollout.num_cpus and --gpus-per-worker against the cluster")
+            self.rollouts.start(config.trainer.start_timeout_s, print)
+            self.verifiers.start(config.trainer.start_timeout_s, print)
         except BaseException:
             self.close()
             raise
@@ -266,7 +267,7 @@ class EvalActors:
             if a != b:
                 raise ValueError(f"these eval actors were built for {what} {a}, not {b}")
 
-    def stream(self, task: str, rows: list[dict]) -> RolloutStream:
+    def channels(self, task: str, rows: list[dict]) -> tuple[RolloutDispatcher, Scorer]:
         timeout = self.config.trainer.rollout_timeout_s
 
         def replace(name: str) -> str:  # weights come from the checkpoint: nothing to push
@@ -275,8 +276,8 @@ class EvalActors:
             self.rollouts.ready(timeout_s=timeout)
             return new
 
-        return RolloutStream(self.rollouts, self.verifiers, task=task, rows=rows, timeout_s=timeout,
-                             on_dead_worker=replace)
+        return (RolloutDispatcher(self.rollouts, timeout_s=timeout, on_dead_worker=replace),
+                Scorer(self.verifiers, task=task, rows=rows, timeout_s=timeout))
 
     def close(self) -> None:
         import ray
@@ -316,7 +317,7 @@ def evaluate_checkpoint(config, rows: list[dict], out: Path, *, kind: str, limit
             for record in item_records(texts, wave):
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         done = max([r.item_index for r in wave.rollouts] + list(wave.missing)) + 1
-        ok = sum(r["status"] == "ok" for r in wave.results)
+        ok = sum(r.status == "ok" for r in wave.results)
         log(f"[eval] {config.task.name}: {done}/{len(rows)} rows, {ok}/{len(wave.results)} ok in this "
             f"wave, {wave.seconds:.1f}s generating")
 
@@ -324,7 +325,7 @@ def evaluate_checkpoint(config, rows: list[dict], out: Path, *, kind: str, limit
     actors = actors or EvalActors(config)
     try:
         actors.check_serves(config)
-        outcome = generate_and_score(actors.stream(config.task.name, rows), prompt_ids, seed=config.seed,
+        outcome = generate_and_score(*actors.channels(config.task.name, rows), prompt_ids, seed=config.seed,
                                      chunk_size=chunk_size or config.rollout.micro_batch_size, on_wave=on_wave)
     finally:
         if own:

@@ -9,49 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-# On one machine keep every Ray listener on loopback (platform.md); harmless on real clusters
-# where RAY_ADDRESS points elsewhere.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+import ray
 
-import ray  # noqa: E402
-
-from cluster.config import RunConfig, dump_config, load_config  # noqa: E402
-from cluster.groups import namespace_of  # noqa: E402
-
-
-def reserved_cpus(config: RunConfig) -> float:
-    return (
-        config.learner.num_workers * config.learner.num_cpus
-        + config.rollout.num_workers * config.rollout.num_cpus
-        + config.rewards.num_workers * config.rewards.num_cpus
-    )
-
-
-def connect(config: RunConfig) -> None:
-    """Join the cluster at RAY_ADDRESS, or start a private local one sized for the run."""
-    namespace = namespace_of(config.run_name)
-    if ray.is_initialized():  # a caller (tests, notebooks) already connected
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True)
-        return
-    # A throwaway local cluster: no dashboard, token auth off unless the user set it.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Idle OpenMP threads sleep instead of spinning: several actors share a few cores here, and
-    # spinning threads of one actor starve the others (the actors inherit this environment).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    logical = max(os.cpu_count() or 1, int(reserved_cpus(config) + 0.999) + 1)
-    ray.init(
-        address="local",
-        num_cpus=logical,
-        include_dashboard=False,
-        namespace=namespace,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=True,
-    )
+from cluster.config import RunConfig, dump_config, load_config
+from cluster.connect import connect
+from cluster.groups import namespace_of, placement_options
 
 
 def train(config: RunConfig, resume: str | None = None) -> dict:
@@ -62,8 +26,8 @@ def train(config: RunConfig, resume: str | None = None) -> dict:
     controller = (
         ray.remote(Controller)
         .options(name="controller", namespace=namespace_of(config.run_name), num_cpus=0,
-                 max_concurrency=4, max_restarts=0)
-        .remote(config.model_dump(mode="json"), resume)
+                 max_concurrency=4, max_restarts=0, **placement_options(config.cluster.controller))
+        .remote(config, resume)
     )
     try:
         return ray.get(controller.run.remote())

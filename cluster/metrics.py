@@ -1,4 +1,4 @@
-"""Run metrics: metrics.jsonl, one console line per step, Ray dashboard series, optional trackers.
+"""Run metrics: metrics.jsonl, Ray dashboard series, optional trackers (the console line is the loop's).
 
 Keys in metrics.jsonl are namespaced (`rollout/`, `train/`, `perf/`, `time/`, `reward/`). The Ray
 series (`ray.util.metrics`, exported with a `ray_` prefix on the node's Prometheus endpoint) use
@@ -23,7 +23,7 @@ class DashboardSeries:
         self.policy_version = ray_metrics.Gauge(
             "bgpo_policy_version", "Policy version held by a role", tag_keys=("role",)
         )
-        self.buffer_depth = ray_metrics.Gauge("bgpo_buffer_depth", "Scored samples waiting for the learner")
+        self.queue_depth = ray_metrics.Gauge("bgpo_queue_depth", "Rollout requests in flight")
         self.rollout_tokens = ray_metrics.Counter("bgpo_rollout_tokens_total", "Response tokens generated")
         self.verifier_outcomes = ray_metrics.Counter(
             "bgpo_verifier_outcomes_total", "Scored completions by task and status", tag_keys=("task", "status")
@@ -39,7 +39,28 @@ class DashboardSeries:
         self.weight_sync_seconds = ray_metrics.Gauge("bgpo_weight_sync_seconds", "Last weight sync duration")
         self.step = ray_metrics.Gauge("bgpo_step", "Completed RL steps")
         self.reward_mean = ray_metrics.Gauge("bgpo_reward_mean", "Mean reward of the last step")
+        self.idle = ray_metrics.Gauge("bgpo_idle_fraction", "Idle share of the last step", tag_keys=("role",))
         self._phase: str | None = None
+
+    def update(self, state, values: dict, extras: dict, rollout_versions: dict[str, int], *, task: str) -> None:
+        """After a step: the loop's state and metrics, and the versions rollout workers hold."""
+        self.step.set(state.step)
+        self.policy_version.set(state.version, tags={"role": "learner"})
+        if rollout_versions:  # the oldest weights any rollout worker holds
+            self.policy_version.set(min(rollout_versions.values()), tags={"role": "rollout"})
+        if isinstance(values.get("reward/mean"), float) and math.isfinite(values["reward/mean"]):
+            self.reward_mean.set(values["reward/mean"])
+        self.rollout_tokens.inc(values.get("rollout/tokens", 0))
+        if "perf/weight_sync_seconds" in values:
+            self.weight_sync_seconds.set(values["perf/weight_sync_seconds"])
+        for status, count in extras["statuses"].items():
+            self.verifier_outcomes.inc(count, tags={"task": task, "status": status})
+        for latency in extras["latencies"]:
+            self.verifier_latency.observe(latency)
+        self.queue_depth.set(values.get("perf/queue_depth", 0))
+        for role in ("learner", "rollout"):
+            if f"perf/{role}_idle" in values:
+                self.idle.set(values[f"perf/{role}_idle"], tags={"role": role})
 
     def phase(self, name: str) -> None:
         if self._phase is not None:
@@ -95,21 +116,3 @@ class MetricsLog:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-def console_line(step: int, total: int, values: dict, started: float, start_step: int = 0) -> str:
-    """`step 12/40 | reward 0.61 acc 0.38 | loss -0.012 gnorm 0.41 | 850 tok/s | 4.1s/step | ETA 1m55s`."""
-    elapsed = time.time() - started
-    per_step = elapsed / max(step - start_step, 1)
-    eta = per_step * max(total - step, 0)
-
-    def fmt(key: str, spec: str) -> str:
-        value = values.get(key)
-        return format(value, spec) if isinstance(value, (int, float)) else "-"
-
-    return (
-        f"step {step}/{total} | reward {fmt('reward/mean', '.3f')} acc {fmt('reward/accuracy', '.3f')}"
-        f" | loss {fmt('train/loss', '+.2e')} gnorm {fmt('train/grad_norm', '.3f')}"
-        f" | {fmt('perf/rollout_tokens_per_s', '.0f')} tok/s | {fmt('time/step', '.1f')}s/step"
-        f" | stale {fmt('rollout/staleness_mean', '.2f')} | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
-    )

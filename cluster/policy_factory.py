@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from dllm import Policy, build_tiny_policy, load_policy, resolve_device, resolve_dtype
@@ -24,13 +26,16 @@ def build_policy(config, *, path: str | None = None, dtype: str | None = None) -
         )
         return policy.to(device)
     return load_policy(
-        source, device=device, dtype=dtype, trust_remote_code=config.model.trust_remote_code
+        source, device=device, dtype=dtype, trust_remote_code=config.model.trust_remote_code,
+        implementation=config.model.implementation,
     )
 
 
-def set_threads(num_cpus: float, num_threads: int | None = None) -> None:
+def set_threads(num_cpus: float, num_threads: int | None = None, cpu_affinity: list[int] | None = None) -> None:
     """One intra-op thread per reserved CPU unless set explicitly, so actors sharing a node do not
-    oversubscribe it."""
+    oversubscribe it; with `cpu_affinity` the process runs on those cores only."""
+    if cpu_affinity:
+        os.sched_setaffinity(0, cpu_affinity)
     torch.set_num_threads(max(1, num_threads or int(num_cpus)))
 
 

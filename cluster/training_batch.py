@@ -1,10 +1,10 @@
-"""From scored rollouts to the learner's TrainBatch: staleness filter, rewards, advantages, masks,
+"""From scored rollouts to the learner's TrainBatch: staleness filter, rewards, behaviour terms,
 and the split of the global batch into one shard of whole groups per learner rank.
 
-Advantages are normalised over the whole global batch's groups here, before sharding, so every
-rank sees the same advantages whatever the number of ranks; masks are drawn here (synchronous
-mode) from a generator seeded by (seed, step), so they do not depend on the number of ranks
-either and a resumed run draws the same ones.
+Advantages are computed by `learner.build_train_batch` over the whole global batch, before
+sharding, so every rank sees the same advantages whatever the number of ranks. MC masks are not
+drawn here: they derive per sample from (seed, step, group, index) (learner/behaviour.py), on the
+learner in synchronous mode and on the rollout actor in asynchronous mode.
 """
 
 from __future__ import annotations
@@ -15,31 +15,53 @@ from collections import Counter
 import numpy as np
 import torch
 
-from learner.advantages import group_advantages
+from cluster.contracts import RolloutBatch
 from learner.batch import TrainBatch, build_train_batch
-from learner.elbo import draw_masks
+from learner.objectives import Objective
+from rewards.types import RewardResult
 
 
-def assemble_batch(outputs: list[dict], stream, world, *, step: int, version: int, max_staleness: int):
+def assemble_batch(outputs: list[RolloutBatch], results: list[RewardResult], *, objective: Objective,
+                   step: int, version: int, max_staleness: int, pad_id: int, accounting: Counter):
     """(TrainBatch or None, metrics, dashboard extras). Drops stale or unscored samples, counted."""
-    rollouts, masks, ell_old = [], [], []
-    for out in outputs:
-        rollouts.extend(out["rollouts"])
-        if "masks" in out:
-            masks.append(out["masks"])
-            ell_old.append(out["ell_old"])
-    results = stream.score(rollouts)
-    statuses = Counter(r["status"] for r in results)
+    rollouts = [r for out in outputs for r in out.rollouts]
+    statuses = Counter(r.status for r in results)
     keep = []
     for i, (rollout, result) in enumerate(zip(rollouts, results, strict=True)):
-        staleness = version - rollout.policy_version
-        if staleness > max_staleness:
-            stream.accounting["dropped/stale"] += 1
-        elif not math.isfinite(result["score"]):
-            stream.accounting["dropped/unscored"] += 1
+        if version - rollout.policy_version > max_staleness:
+            accounting["dropped/stale"] += 1
+        elif not math.isfinite(result.score):
+            accounting["dropped/unscored"] += 1
         else:
             keep.append(i)
-    scores = [r["score"] for r in results if math.isfinite(r["score"])]
+    info = rollout_metrics(outputs, results, version)
+    extras = {"statuses": dict(statuses), "latencies": [r.seconds for r in results]}
+    if not keep:
+        return None, info, extras
+    kept = [rollouts[i] for i in keep]
+    batch = build_train_batch(
+        [r.prompt_ids for r in kept],
+        [r.response_ids for r in kept],
+        [results[i].score for i in keep],
+        [r.group_id for r in kept],
+        sample_indices=[r.sample_index for r in kept],
+        step=step,
+        pad_id=pad_id,
+        scale_advantages=objective.scale_advantages,
+    )
+    terms = [out.behaviour for out in outputs]
+    if objective.behaviour_terms and all(t is not None for t in terms) and terms:
+        index = torch.tensor(keep)
+        batch.masks = torch.from_numpy(np.concatenate([t.masks for t in terms]))[index]
+        batch.ell_old = torch.from_numpy(np.concatenate([t.ell_old for t in terms]))[index]
+    return batch, info, extras
+
+
+def rollout_metrics(outputs: list[RolloutBatch], results: list[RewardResult], version: int) -> dict:
+    rollouts = [r for out in outputs for r in out.rollouts]
+    scores = [r.score for r in results if math.isfinite(r.score)]
+    statuses = Counter(r.status for r in results)
+    staleness = [version - r.policy_version for r in rollouts]
     info = {
         "reward/mean": float(np.mean(scores)) if scores else float("nan"),
         "reward/accuracy": statuses.get("ok", 0) / max(len(results), 1),
@@ -47,41 +69,19 @@ def assemble_batch(outputs: list[dict], stream, world, *, step: int, version: in
         "rollout/tokens": sum(len(r.response_ids) for r in rollouts),
         "rollout/nfe_mean": float(np.mean([r.nfe for r in rollouts])) if rollouts else 0.0,
         "rollout/tokens_per_forward": float(np.mean([r.tokens_per_forward for r in rollouts])) if rollouts else 0.0,
-        "rollout/staleness_mean": float(np.mean([version - r.policy_version for r in rollouts])) if rollouts else 0.0,
-        "rollout/staleness_max": max((version - r.policy_version for r in rollouts), default=0),
+        "rollout/staleness_mean": float(np.mean(staleness)) if rollouts else 0.0,
+        "rollout/staleness_max": max(staleness, default=0),
         "rollout/version_min": min((r.policy_version for r in rollouts), default=-1),
         "rollout/version_max": max((r.policy_version for r in rollouts), default=-1),
         "rollout/workers": len({r.worker_id for r in rollouts}),
         # A fingerprint of the sampled tokens: equal across runs that should be identical (resume).
         "rollout/fingerprint": sum((i + 1) * t for r in rollouts for i, t in enumerate(r.response_ids)) % 2**31,
-        "rollout/old_terms_from_rollout": int(bool(masks)),
-        "perf/rollout_busy_seconds": sum(out.get("seconds", 0.0) for out in outputs),
-        "reward/latency_mean": float(np.mean([r.get("seconds", 0.0) for r in results])) if results else 0.0,
+        "rollout/old_terms_from_rollout": int(any(out.behaviour is not None for out in outputs)),
+        "perf/rollout_busy_seconds": sum(out.seconds for out in outputs),
+        "reward/latency_mean": float(np.mean([r.seconds for r in results])) if results else 0.0,
     }
     info.update({f"reward/status_{s}": n / max(len(results), 1) for s, n in statuses.items()})
-    extras = {"statuses": dict(statuses), "latencies": [r.get("seconds", 0.0) for r in results]}
-    if not keep:
-        return None, info, extras
-    kept = [rollouts[i] for i in keep]
-    batch = build_train_batch(
-        [r.prompt_ids for r in kept],
-        [r.response_ids for r in kept],
-        [results[i]["score"] for i in keep],
-        [r.group_id for r in kept],
-        pad_id=world.pad_id,
-        policy_versions=[r.policy_version for r in kept],
-    )
-    batch.advantages = group_advantages(batch.rewards, batch.group_ids)
-    if masks:
-        idx = torch.tensor(keep)
-        batch.masks = torch.from_numpy(np.concatenate(masks))[idx]
-        batch.ell_old = torch.from_numpy(np.concatenate(ell_old))[idx]
-    return batch, info, extras
-
-
-def draw_step_masks(n: int, n_t: int, response_length: int, seed: int, step: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return draw_masks(n, n_t, response_length, gen)
+    return info
 
 
 def shard_batch(batch: TrainBatch, ranks: int) -> list[TrainBatch]:

@@ -3,6 +3,8 @@
 
 from learner.advantages import group_advantages
 from learner.batch import TrainBatch, build_train_batch, pad_sequences
+from learner.behaviour import BehaviourTerms, MaskSpec, behaviour_terms, sample_masks
+from learner.config import DiffuGRPOConfig, LearnerConfig
 from learner.elbo import draw_masks, elbo_terms, old_terms, stratified_mask_counts
 from learner.objectives import (
     OBJECTIVES,
@@ -13,10 +15,14 @@ from learner.objectives import (
     elbo_ratio_objective,
     get_objective,
 )
-from learner.worker import DiffuGRPOConfig, LearnerConfig, LearnerWorker
+from learner.worker import LearnerWorker
 
 __all__ = [
     "OBJECTIVES",
+    "BehaviourTerms",
+    "MaskSpec",
+    "behaviour_terms",
+    "sample_masks",
     "DiffuGRPOConfig",
     "LearnerConfig",
     "LearnerWorker",

@@ -4,9 +4,10 @@ Layout (the project's one convention): each row is a LEFT-padded prompt followed
 of exactly L tokens, so the response is always the last L positions and lines up across rows.
 LLaDA pads the response tail with EOS; those EOS tokens are part of the response and count.
 
-The optional fields are filled by the learner when absent (advantages, masks, ell_old); in
-asynchronous mode the cluster supplies `masks` and `ell_old` computed by the behaviour policy.
-This module only holds and slices data: it computes nothing about the model.
+`build_train_batch` computes the group advantages (the one place they are computed, over the whole
+global batch before it is sharded). `masks` and `ell_old` come from the behaviour policy
+(learner/behaviour.py): the learner fills them in synchronous mode, the rollout worker supplies them
+in asynchronous mode. This module only holds and slices data: it computes nothing about the model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
+
+from dllm.padding import left_pad
+from learner.advantages import group_advantages
 
 
 @dataclass
@@ -28,11 +32,12 @@ class TrainBatch:
     response_length: int  # L; the responses are input_ids[:, -L:]
     rewards: torch.Tensor  # [N] float; scalar reward per response (NaN makes the step skip)
     group_ids: torch.Tensor  # [N] long; responses to the same prompt share a group id (GRPO groups)
-    policy_versions: torch.Tensor  # [N] long; version of the policy that generated each response
+    sample_indices: torch.Tensor  # [N] long; index of the response inside its group, 0..G-1
     # responses in the whole batch across learner ranks (each micro-batch weighs |mb| / this)
     global_batch_size: int
-    advantages: torch.Tensor | None = None  # [N] float; group-normalised if None (bgpo.md section 3)
-    masks: torch.Tensor | None = None  # [N, n_t, L] bool; True = masked; drawn if None (section 2)
+    advantages: torch.Tensor  # [N] float64; group-relative (bgpo.md section 3), see build_train_batch
+    step: int = 0  # the RL step the batch trains (with group and sample index, it picks the masks)
+    masks: torch.Tensor | None = None  # [N, n_t, L] bool; True = masked (bgpo.md section 2)
     ell_old: torch.Tensor | None = None  # [N, n_t] float; behaviour-policy ELBO terms for `masks`
     live: torch.Tensor | None = None  # [N] bool; False on ghost rows (see pad_to); None = all live
 
@@ -44,7 +49,7 @@ class TrainBatch:
             )
         if not 0 < self.response_length <= t:
             raise ValueError(f"response_length {self.response_length} not in 1..{t}")
-        for name in ("rewards", "group_ids", "policy_versions", "advantages", "live"):
+        for name in ("rewards", "group_ids", "sample_indices", "advantages", "live"):
             value = getattr(self, name)
             if value is not None and value.shape != (n,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({n},)")
@@ -98,10 +103,7 @@ class TrainBatch:
     def pad_to(self, n: int) -> TrainBatch:
         """This batch with ghost rows appended up to `n` rows: copies of row 0 with advantage 0
         and `live` False, so they add nothing to a bgpo or elbo_ratio gradient and are left out
-        of every metric. Sharded learners use them to run the same number of passes per rank.
-        Needs advantages (ghosts must not enter the group statistics)."""
-        if self.advantages is None:
-            raise ValueError("pad_to needs advantages computed from the real rows first")
+        of every metric. Sharded learners use them to run the same number of passes per rank."""
         extra = n - len(self)
         if extra < 0:
             raise ValueError(f"cannot pad {len(self)} rows down to {n}")
@@ -141,14 +143,19 @@ def pad_sequences(
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"responses must share one non-zero length, got lengths {sorted(lengths)}")
     response_length = lengths.pop()
-    width = max(len(p) for p in prompts) + response_length
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        seq = list(prompt) + list(response)
-        input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, width - len(seq) :] = 1
+    seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
+    input_ids, attention_mask = left_pad(seqs, pad_id)
     return input_ids, attention_mask, response_length
+
+
+def positions_in_groups(group_ids: Sequence[int]) -> list[int]:
+    """Each row's index among the earlier rows of its group (0, 1, ... per group id)."""
+    seen: dict = {}
+    out = []
+    for g in group_ids:
+        out.append(seen.get(g, 0))
+        seen[g] = out[-1] + 1
+    return out
 
 
 def build_train_batch(
@@ -158,19 +165,29 @@ def build_train_batch(
     group_ids: Sequence[int],
     *,
     pad_id: int,
-    policy_versions: Sequence[int] | None = None,
+    sample_indices: Sequence[int] | None = None,
+    step: int = 0,
+    scale_advantages: bool = True,
     global_batch_size: int | None = None,
 ) -> TrainBatch:
-    """A `TrainBatch` from token-id lists; versions default to 0, global size to N (one rank)."""
+    """A `TrainBatch` from token-id lists, with its group advantages.
+
+    `scale_advantages`: divide by the group's std (GRPO, BGPO) or not (d1's diffu-GRPO); the
+    objective says which (`Objective.scale_advantages`). `sample_indices` default to each row's
+    position within its group; the global size defaults to N (one rank)."""
     input_ids, attention_mask, response_length = pad_sequences(prompts, responses, pad_id)
     n = len(prompts)
-    versions = [0] * n if policy_versions is None else list(policy_versions)
+    indices = positions_in_groups(group_ids) if sample_indices is None else list(sample_indices)
+    reward_tensor = torch.tensor(list(rewards), dtype=torch.float32)
+    group_tensor = torch.tensor(list(group_ids), dtype=torch.long)
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_length=response_length,
-        rewards=torch.tensor(list(rewards), dtype=torch.float32),
-        group_ids=torch.tensor(list(group_ids), dtype=torch.long),
-        policy_versions=torch.tensor(versions, dtype=torch.long),
+        rewards=reward_tensor,
+        group_ids=group_tensor,
+        sample_indices=torch.tensor(indices, dtype=torch.long),
         global_batch_size=n if global_batch_size is None else global_batch_size,
+        advantages=group_advantages(reward_tensor, group_tensor, scale=scale_advantages),
+        step=step,
     )

@@ -5,7 +5,9 @@ independently with probability p (0.15); log p(y_i | that sequence) for every re
 is the per-token estimate of log pi. One prompt mask is drawn per inner iteration and shared by
 the old, reference and gradient passes of that iteration (common random numbers, as in d1).
 
-This module draws prompt masks and evaluates per-token log-probs; the clipped objective is
+The loss averages over the completion tokens up to and including the first EOS (`completion_mask`)
+and uses mean-only group advantages, both as d1 does. This module draws prompt masks, evaluates
+per-token log-probs and marks the counted tokens; the clipped objective is
 `objectives.diffu_grpo_objective`, and the inner-iteration loop lives in the worker.
 """
 
@@ -26,6 +28,15 @@ def draw_prompt_masks(
     prompt_real = attention_mask[:, : attention_mask.shape[1] - response_length].bool().cpu()
     draws = torch.rand(prompt_real.shape, generator=generator) < prob
     return draws & prompt_real
+
+
+def completion_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """BoolTensor [N, L]: the completion up to and including its first EOS (all of it without
+    one), the tokens d1's loss averages over (`diffu_grpo_trainer.py` at 837888f)."""
+    is_eos = response_ids == eos_id
+    length = response_ids.shape[1]
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], length, dtype=torch.long))
+    return torch.arange(length, device=response_ids.device).unsqueeze(0) <= first.unsqueeze(1)
 
 
 def token_logps(

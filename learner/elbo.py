@@ -109,26 +109,37 @@ def old_terms(
     micro_batch_size: int,
     mc_chunk: int = 1,
 ) -> torch.Tensor:
-    """ell_j(theta_old) for every row and mask, no grad: [N, n_t] (bgpo.md section 5, ell_old).
+    """ell_j(theta_old) for every row of `batch` and mask, no grad: [N, n_t] (bgpo.md section 5)."""
+    return terms_no_grad(policy, batch.input_ids, batch.attention_mask, batch.response_length, masks,
+                         micro_batch_size=micro_batch_size, mc_chunk=mc_chunk)
+
+
+@torch.no_grad()
+def terms_no_grad(
+    policy,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_length: int,
+    masks: torch.Tensor,
+    *,
+    micro_batch_size: int,
+    mc_chunk: int = 1,
+) -> torch.Tensor:
+    """ell_j for every row and mask in micro-batches and MC chunks, without grad: [N, n_t].
 
     Works with any Policy (the learner's, or a rollout worker's copy in asynchronous mode);
     `masks` [N, n_t, L] are the ones the gradient passes will reuse.
     """
     n, n_t, _ = masks.shape
-    device = batch.input_ids.device
     # ell is computed in at least float32 (see _promoted); keep ell_old in the same precision.
     out = torch.empty(
-        (n, n_t), dtype=torch.promote_types(policy.dtype, torch.float32), device=device
+        (n, n_t), dtype=torch.promote_types(policy.dtype, torch.float32), device=input_ids.device
     )
     for start in range(0, n, micro_batch_size):
         rows = slice(start, min(start + micro_batch_size, n))
         for j0 in range(0, n_t, mc_chunk):
             cols = slice(j0, min(j0 + mc_chunk, n_t))
             out[rows, cols] = elbo_terms(
-                policy,
-                batch.input_ids[rows],
-                batch.attention_mask[rows],
-                masks[rows, cols],
-                batch.response_length,
+                policy, input_ids[rows], attention_mask[rows], masks[rows, cols], response_length
             )
     return out

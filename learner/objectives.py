@@ -13,7 +13,6 @@ and weights it. This module computes no forward pass and no gradient step (worke
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -108,24 +107,25 @@ def diffu_grpo_objective(
 
 @dataclass(frozen=True)
 class Objective:
-    """A registered objective: its pure function and how the learner must accumulate gradients."""
+    """A registered objective and what it needs from the rest of the system, so that callers
+    (the learner's loop, the cluster) ask the objective instead of naming it."""
 
     name: str
-    fn: Callable[..., object]
     # "per_sample": one backward per MC chunk (linear in samples); "retained": all n_t graphs of a
     # micro-batch then one backward; "one_step": per-token one-forward estimator, inner iterations.
     accumulation: str
-    summary: str
+    behaviour_terms: bool  # needs MC masks and ell_old of the behaviour policy (learner/behaviour.py)
+    scale_advantages: bool  # group advantages divided by the group's std (False: d1's mean-only)
+    reference_policy: bool  # keeps a frozen reference policy when its KL weight is > 0
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "bgpo": Objective("bgpo", bgpo_bound, "per_sample", "BGPO lower bound, memory flat in n_t"),
-    "elbo_ratio": Objective(
-        "elbo_ratio", elbo_ratio_objective, "retained", "exact ELBO ratio, memory linear in n_t"
-    ),
-    "diffu_grpo": Objective(
-        "diffu_grpo", diffu_grpo_objective, "one_step", "d1 diffu-GRPO one-step estimator"
-    ),
+    "bgpo": Objective("bgpo", "per_sample", behaviour_terms=True, scale_advantages=True,
+                      reference_policy=False),
+    "elbo_ratio": Objective("elbo_ratio", "retained", behaviour_terms=True, scale_advantages=True,
+                            reference_policy=False),
+    "diffu_grpo": Objective("diffu_grpo", "one_step", behaviour_terms=False, scale_advantages=False,
+                            reference_policy=True),
 }
 
 

@@ -1,10 +1,11 @@
 """`LearnerWorker`: one optimizer step of the policy per rollout batch (bgpo.md section 5).
 
-    advantages (if absent) -> masks (if absent) -> ell_old (no grad, if absent)
+    masks (learner/behaviour.py, if the batch has none) -> ell_old (no grad, if absent)
     -> zero_grad -> micro-batches x MC chunks, each weighted |mb| / global_batch_size
     -> all-reduce SUM (world_size > 1) -> clip_grad_norm_ -> skip if non-finite -> AdamW
 
-With `sharding="fsdp"` the policy is sharded (learner/sharding.py): gradients are reduce-scattered
+Advantages come with the batch (learner/batch.py computes them over the global batch). With
+`sharding="fsdp"` the policy is sharded (learner/sharding.py): gradients are reduce-scattered
 in each backward instead of all-reduced at the end, and every rank's shard of the batch is padded
 with ghost rows to the longest one, so that all ranks run the same passes.
 
@@ -12,25 +13,29 @@ with ghost rows to the longest one, so that all ranks run the same passes.
 at a time); `elbo_ratio` keeps all n_t graphs of a micro-batch alive and back-propagates once;
 `diffu_grpo` runs its own inner iterations (several optimizer steps per batch).
 
+The worker also owns the policy's weights as they leave and enter (`self.weights`, whole tensors
+even when sharded), its optimizer state for checkpoints, and the tiny model's warm start.
 A plain class, no Ray: the cluster wraps it in an actor and owns the process group. It does not
-generate, score, save weights to disk or broadcast them (the cluster does).
+generate, score, write files or broadcast weights (the cluster does).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import resource
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import torch
 
 from dllm.precision import resolve_dtype
-from learner.advantages import group_advantages
 from learner.batch import TrainBatch
-from learner.diffu_grpo import draw_prompt_masks, token_logps, token_logps_no_grad
+from learner.behaviour import MaskSpec, sample_masks
+from learner.config import LearnerConfig
+from learner.diffu_grpo import completion_mask, draw_prompt_masks, token_logps, token_logps_no_grad
 from learner.distributed import allreduce_gradients, allreduce_sum
-from learner.elbo import draw_masks, elbo_terms, old_terms
+from learner.elbo import elbo_terms, old_terms
 from learner.objectives import (
     bgpo_bound,
     clipped_bgpo_bound,
@@ -38,62 +43,13 @@ from learner.objectives import (
     elbo_ratio_objective,
     get_objective,
 )
+from learner.policy_weights import PolicyWeights
 from learner.sharding import (
-    SHARDING_MODES,
     full_norm,
     gather_optimizer_state,
     load_optimizer_state,
     shard_model,
 )
-
-
-@dataclass
-class DiffuGRPOConfig:
-    clip_eps: float = 0.5  # token-level ratio clip (d1, bgpo.md section 8)
-    beta: float = 0.04  # KL(pi || pi_ref) weight, k3 estimator; 0 needs no reference policy
-    iterations: int = 12  # inner optimizer steps per rollout batch (d1's mu)
-    prompt_mask_prob: float = 0.15  # each real prompt token masked with this probability
-
-
-@dataclass
-class LearnerConfig:
-    objective: str = "bgpo"  # a name in objectives.OBJECTIVES: bgpo, elbo_ratio, diffu_grpo
-    n_t: int = 16  # MC samples (masked copies) per response (bgpo.md section 2)
-    micro_batch_size: int = 8  # responses per forward
-    mc_chunk: int = 1  # MC samples per forward (a forward holds micro_batch_size * mc_chunk rows)
-    lr: float = 5e-7  # AdamW, constant (section 6)
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0  # max global grad norm; None computes the norm without clipping
-    seed: int = 0  # mask RNG seed (rank r uses seed + r)
-    # bgpo PPO-style ratio clip for stale samples; None = off (inert on-policy)
-    clip_eps: float | None = None
-    dual_clip: float | None = 3.0  # dual clip for A < 0, only used when clip_eps is set
-    bucket_bytes: int = 25 * 2**20  # gradient all-reduce bucket size
-    sharding: str = "replicate"  # "replicate" (whole model per rank) or "fsdp" (learner/sharding.py)
-    compute_dtype: str | None = None  # fsdp only: forward/backward dtype over the stored weights
-    diffu_grpo: DiffuGRPOConfig = field(default_factory=DiffuGRPOConfig)
-
-    def __post_init__(self) -> None:
-        get_objective(self.objective)  # fails early with the registered names
-        if self.sharding not in SHARDING_MODES:
-            raise ValueError(f"sharding must be one of {SHARDING_MODES}, got {self.sharding!r}")
-        if self.compute_dtype is not None and self.sharding != "fsdp":
-            raise ValueError("compute_dtype (mixed precision) needs sharding='fsdp'")
-        for name in ("n_t", "micro_batch_size", "mc_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if isinstance(self.diffu_grpo, dict):
-            self.diffu_grpo = DiffuGRPOConfig(**self.diffu_grpo)
-        self.betas = tuple(self.betas)
-        if self.clip_eps is not None and not 0 < self.clip_eps < 1:
-            raise ValueError(f"clip_eps must be in (0, 1) or None, got {self.clip_eps}")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ValueError(f"dual_clip must be > 1 or None, got {self.dual_clip}")
-        if self.diffu_grpo.iterations < 1:
-            raise ValueError(
-                f"diffu_grpo.iterations must be >= 1, got {self.diffu_grpo.iterations}"
-            )
 
 
 def _peak_memory_bytes(device: torch.device) -> int:
@@ -108,6 +64,9 @@ class LearnerWorker:
     """Owns the policy's optimizer on one rank and turns a `TrainBatch` into one update.
 
     policy: the `dllm.Policy` to train (its parameters are updated in place).
+    seed: the run seed; MC masks derive from it per sample (learner/behaviour.py), and the
+        diffu_grpo prompt masks from a generator seeded by it (+ rank).
+    export_dtype: what rollout workers hold, when it differs from the learner's dtype.
     rank, world_size, process_group: this learner's place in an already initialised
         torch.distributed group (gloo on CPU, NCCL on GPU); world_size 1 needs none.
     reference_policy: diffu_grpo's KL reference; default a frozen copy of `policy` as given.
@@ -119,6 +78,8 @@ class LearnerWorker:
         policy,
         config: LearnerConfig,
         *,
+        seed: int = 0,
+        export_dtype: torch.dtype | None = None,
         rank: int = 0,
         world_size: int = 1,
         process_group=None,
@@ -133,11 +94,10 @@ class LearnerWorker:
                 "world_size > 1 needs an initialised torch.distributed process group"
             )
         self.sharded = config.sharding == "fsdp"
-        if (
-            config.objective == "diffu_grpo"
-            and config.diffu_grpo.beta > 0
-            and reference_policy is None
-        ):
+        self.mask_spec = MaskSpec(config.n_t, seed)
+        # A run's resolved config has no "auto" left; built directly, the worker is on-policy.
+        self.clip_eps = config.ratio_clip()
+        if self.objective.reference_policy and config.diffu_grpo.beta > 0 and reference_policy is None:
             # d1's reference is the policy before RL; a frozen copy of the starting weights.
             reference_policy = copy.deepcopy(policy).eval().requires_grad_(False)
         if self.sharded:
@@ -151,7 +111,9 @@ class LearnerWorker:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
-        self.generator = torch.Generator().manual_seed(config.seed + rank)
+        self.generator = torch.Generator().manual_seed(seed + rank)
+        self.weights = PolicyWeights(policy.model, rank=rank, sharded=self.sharded, export_dtype=export_dtype)
+        self.weights.refresh()
         self.steps = 0  # optimizer steps applied
         self.skipped_steps = 0  # steps skipped for a non-finite gradient norm
 
@@ -176,6 +138,10 @@ class LearnerWorker:
         else:
             metrics = self.accumulate_gradients(batch)
             metrics.update(self.apply_update())
+        self.weights.refresh()
+        # Optimizer steps attempted on this batch: with train/skipped, whether the weights changed.
+        metrics["train/inner_steps"] = float(
+            self.config.diffu_grpo.iterations if self.objective.accumulation == "one_step" else 1)
         metrics["perf/step_seconds"] = time.perf_counter() - start
         metrics["perf/peak_memory_bytes"] = float(_peak_memory_bytes(self.device))
         return metrics
@@ -203,12 +169,12 @@ class LearnerWorker:
         return metrics
 
     def prepare(self, batch: TrainBatch) -> TrainBatch:
-        """The batch on the policy's device with advantages, masks and ell_old filled in."""
+        """The batch on the policy's device with masks and ell_old filled in: in synchronous mode
+        this worker's weights are the behaviour policy (learner/behaviour.py)."""
         batch = batch.to(self.device)
-        if batch.advantages is None:
-            batch.advantages = group_advantages(batch.rewards, batch.group_ids)
         if batch.masks is None:
-            masks = draw_masks(len(batch), self.config.n_t, batch.response_length, self.generator)
+            masks = sample_masks(self.mask_spec, batch.step, batch.group_ids.tolist(),
+                                 batch.sample_indices.tolist(), batch.response_length)
             batch.masks, batch.ell_old = masks.to(self.device), None
         batch = self._pad_to_longest_shard(batch)
         if batch.ell_old is None:
@@ -229,7 +195,7 @@ class LearnerWorker:
     def old_terms(self, batch: TrainBatch, policy=None) -> torch.Tensor:
         """ell_j under `policy` (default: this worker's) for the batch's masks, no grad: [N, n_t]."""
         if batch.masks is None:
-            raise ValueError("old_terms needs batch.masks (draw them with learner.elbo.draw_masks)")
+            raise ValueError("old_terms needs batch.masks (learner.behaviour.sample_masks)")
         return old_terms(
             policy if policy is not None else self.policy,
             batch,
@@ -252,6 +218,35 @@ class LearnerWorker:
             "skipped_steps": self.skipped_steps,
             "generator": self.generator.get_state(),
         }
+
+    def warm_start(self, examples: tuple, response_length: int, *, steps: int, lr: float,
+                   batch_size: int, seconds: float | None = None, plain_copy=None) -> dict:
+        """The tiny model's supervised warm start (learner/sft.py) on this worker's weights, using
+        every core of the node (nothing else runs then). Sharded, training runs on `plain_copy`, an
+        unsharded policy of the same architecture, whose result is loaded into the shards."""
+        from learner.sft import warm_start
+
+        policy = self.policy
+        if self.sharded:
+            if plain_copy is None:
+                raise ValueError("a sharded learner warm-starts an unsharded copy: pass plain_copy")
+            plain_copy.model.load_state_dict(self.weights.full())
+            policy = plain_copy
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
+        try:
+            stats = warm_start(policy, examples, response_length, max_steps=steps, lr=lr,
+                               seconds=seconds, batch_size=batch_size, seed=self.mask_spec.seed)
+        finally:
+            torch.set_num_threads(threads)
+        if self.sharded:
+            self.weights.load(policy.model.state_dict())  # keeps rank 0's copy: no collective
+        return stats
+
+    def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace the policy's weights with whole tensors (a restore, another rank's copy).
+        Not a collective: a rank may load alone."""
+        self.weights.load(state)
 
     def load_state_dict(self, state: dict) -> None:
         if self.sharded:
@@ -278,14 +273,14 @@ class LearnerWorker:
                 self.policy, mb.input_ids, mb.attention_mask, mb.masks[:, cols], mb.response_length
             )
             ell_old = mb.ell_old[:, cols].to(ell.dtype)
-            if cfg.clip_eps is None:
+            if self.clip_eps is None:
                 g, clipped = (
                     bgpo_bound(ell, ell_old, mb.advantages),
                     torch.zeros_like(ell, dtype=torch.bool),
                 )
             else:
                 g, clipped = clipped_bgpo_bound(
-                    ell, ell_old, mb.advantages, cfg.clip_eps, cfg.dual_clip
+                    ell, ell_old, mb.advantages, self.clip_eps, cfg.dual_clip
                 )
             loss = -g.sum() / (mb.global_batch_size * n_t)
             loss.backward()  # frees this chunk's graph before the next chunk is built
@@ -385,10 +380,14 @@ class LearnerWorker:
         """d1: prompt masks per iteration drawn up front; old and reference log-probs computed
         before the first update; then `iterations` clipped-ratio steps on the same batch."""
         cfg = self.config.diffu_grpo
-        batch = batch.to(self.device)
-        if batch.advantages is None:
-            batch.advantages = group_advantages(batch.rewards, batch.group_ids)
-        batch = self._pad_to_longest_shard(batch)
+        batch = self._pad_to_longest_shard(batch.to(self.device))
+        # d1 averages the loss over the completion tokens up to and including the first EOS; the
+        # count is global (all ranks), so the gradient does not depend on the number of ranks.
+        tokens = completion_mask(batch.response_ids, self.policy.eos_id) & batch.live_mask.unsqueeze(1)
+        total = torch.tensor([float(tokens.sum())], dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            total = allreduce_sum(total, self.process_group)
+        total_tokens = max(float(total.item()), 1.0)
         mbs = self.config.micro_batch_size
         prompt_masks = [
             draw_prompt_masks(
@@ -406,7 +405,7 @@ class LearnerWorker:
                 for pm in prompt_masks
             ]
         history = [
-            self._diffu_grpo_iteration(batch, prompt_masks[i], old[i], ref[i])
+            self._diffu_grpo_iteration(batch, prompt_masks[i], old[i], ref[i], tokens, total_tokens)
             for i in range(cfg.iterations)
         ]
         metrics = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
@@ -416,7 +415,7 @@ class LearnerWorker:
         metrics["train/optimizer_steps"] = float(self.steps)
         return metrics
 
-    def _diffu_grpo_iteration(self, batch, prompt_masks, old, ref) -> dict[str, float]:
+    def _diffu_grpo_iteration(self, batch, prompt_masks, old, ref, tokens, total_tokens) -> dict[str, float]:
         cfg = self.config.diffu_grpo
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(6, dtype=torch.float64)
@@ -434,12 +433,12 @@ class LearnerWorker:
                 logp, old[rows], ref_rows, batch.advantages[rows], cfg.clip_eps, cfg.beta
             )
             live = batch.live_mask[rows]
-            obj = obj * live.unsqueeze(1)  # ghost rows: A = 0, but the KL term would still pull
-            # Mean over the L response tokens (all count), each response weighted 1 / G.
-            loss = -obj.mean(dim=-1).sum() / batch.global_batch_size
+            counted = tokens[rows]  # ghost rows count no token: A = 0, but the KL would still pull
+            # d1: sum over the counted tokens of the whole batch / their number.
+            loss = -(obj * counted).sum() / total_tokens
             loss.backward()
-            log_ratio = (logp - old[rows]).detach()[live]
-            sums += self._stats(loss, log_ratio, clipped[live], float(log_ratio.numel()))
+            log_ratio = (logp - old[rows]).detach()[counted]
+            sums += self._stats(loss, log_ratio, clipped[counted], float(log_ratio.numel()))
             sums[5] += int(live.sum())
         metrics = self._finish_accumulation(batch, sums)
         metrics["train/mean_abs_log_ratio"] = metrics.pop("train/mean_abs_z")

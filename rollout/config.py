@@ -4,19 +4,23 @@ The defaults are LLaDA's reference sampler (bgpo.md section 7): low-confidence r
 cache, no threshold, temperature 0. Each Fast-dLLM acceleration (KV cache, threshold decoding) is a
 switch that is off by default: threshold decoding was reported unstable inside online RL
 (bgpo.md section 7, "Caution"), so it is opt-in and every rollout logs its tokens per forward.
-This module holds no sampling code (see `rollout.sampler`).
+A pydantic model (no Ray needed), so the run configuration composes it as it is. This module holds
+no sampling code (see `rollout.sampler`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
     gen_length: int = 256
     """Response length L: number of mask tokens appended to the prompt."""
     steps: int = 256
@@ -25,10 +29,10 @@ class SamplingConfig:
     """Semi-autoregressive block size; gen_length must be a multiple of it (= gen_length: one block)."""
     temperature: float = 0.0
     """Gumbel-max temperature (LLaDA's float64 form); 0 means plain argmax."""
-    remasking: str = "low_confidence"
-    """Which masked tokens to commit each step: 'low_confidence' (most confident first) or 'random'."""
-    cache: str = "none"
-    """Fast-dLLM block-wise approximate KV cache: 'none', 'prefix' or 'dual'."""
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    """Which masked tokens to commit each step: most confident first, or random ones."""
+    cache: Literal["none", "prefix", "dual"] = "none"
+    """Fast-dLLM block-wise approximate KV cache (off by default: it changes the samples)."""
     threshold: float | None = None
     """Fast-dLLM parallel decoding: commit every masked token of the block whose confidence exceeds
     this (at least one per step) instead of following the step schedule. None: off."""
@@ -36,7 +40,8 @@ class SamplingConfig:
     """Evaluation decoding: a predicted EOS gets confidence 0 so it is committed last (bgpo.md 7.4;
     low-confidence remasking and threshold decoding only: random remasking has no confidences)."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _valid(self) -> SamplingConfig:
         validate_sampling(
             gen_length=self.gen_length,
             steps=self.steps,
@@ -46,10 +51,11 @@ class SamplingConfig:
             cache=self.cache,
             threshold=self.threshold,
         )
+        return self
 
     def as_kwargs(self) -> dict:
         """Keyword arguments for `rollout.generate` / `generate_with_stats`."""
-        return asdict(self)
+        return self.model_dump()
 
 
 def validate_sampling(

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from dllm.padding import left_pad
 from dllm.weights import WeightBucket, load_buckets_into
 from rollout.config import SamplingConfig
 from rollout.sampler import generate_with_stats
-from rollout.types import GenerationStats, Rollout
+from rollout.types import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,6 @@ def sample_seed(call_seed: int, group_id: Any, sample_index: int) -> int:
     """A stable 63-bit seed for one sample (Python's hash() is salted per process; sha256 is not)."""
     digest = hashlib.sha256(f"{call_seed}|{group_id!r}|{sample_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> (ids [B, P], attention_mask [B, P]), left-padded to the longest prompt."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if len(prompt) == 0:
-            raise ValueError(f"prompt {row} is empty")
-        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
 
 
 def check_state_dict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -94,7 +82,6 @@ class RolloutWorker:
         self._version = 0
         self._calls = 0
         self._lock = threading.Lock()  # one lock for generate and load: no half-loaded weights
-        self.last_stats: list[GenerationStats] = []  # one entry per micro-batch of the last call
 
     def __repr__(self) -> str:
         return f"RolloutWorker({self.worker_id}, v={self._version})"
@@ -103,16 +90,6 @@ class RolloutWorker:
     def policy_version(self) -> int:
         """Version of the weights now loaded (0 until the first load)."""
         return self._version
-
-    def load_state_dict(self, version: int, state_dict: dict[str, torch.Tensor]) -> None:
-        """Replace every weight of `policy.model` and set the version; all-or-nothing."""
-        with self._lock:
-            check_state_dict(self.policy.model, state_dict)
-            target = self.policy.model.state_dict()
-            with torch.no_grad():
-                for name, value in state_dict.items():
-                    target[name].copy_(value)
-            self._version = int(version)
 
     def load_weights(
         self,
@@ -135,11 +112,13 @@ class RolloutWorker:
         seed: int | None = None,
         metadata: Sequence[dict[str, Any]] | None = None,
         item_indices: Sequence[int] | None = None,
+        sampling: SamplingConfig | None = None,
     ) -> list[Rollout]:
         """`group_size` samples for every prompt, grouped prompt by prompt (prompt-major order).
 
         `group_ids` default to the prompts' positions; `metadata[i]` / `item_indices[i]` are
-        copied into every rollout of prompt i. `seed=None` draws a fresh seed per call from the
+        copied into every rollout of prompt i. `sampling` overrides the worker's settings for
+        this call (the cluster's evaluation requests decode greedily). `seed=None` draws a fresh seed per call from the
         worker seed, so repeated calls give new samples and a fixed `seed` reproduces a call.
         """
         if group_size <= 0:
@@ -157,14 +136,14 @@ class RolloutWorker:
         # Micro-batches of similar prompt lengths pad less; samples do not depend on their batch.
         order = sorted(range(len(jobs)), key=lambda k: len(prompts[jobs[k][0]]))
         rollouts: list[Rollout | None] = [None] * len(jobs)
+        sampling = sampling or self.sampling
         with self._lock:
             call_seed = self._call_seed(seed)
-            self.last_stats = []
             for first in range(0, len(order), self.micro_batch_size):
                 picked = order[first : first + self.micro_batch_size]
                 chunk = [jobs[k] for k in picked]
                 made = self._micro_batch(
-                    chunk, prompts, group_ids, call_seed, metadata, item_indices
+                    chunk, prompts, group_ids, call_seed, metadata, item_indices, sampling
                 )
                 for k, rollout in zip(picked, made, strict=True):
                     rollouts[k] = rollout
@@ -177,7 +156,7 @@ class RolloutWorker:
         return sample_seed(self.seed, self.worker_id, self._calls)
 
     def _micro_batch(
-        self, chunk, prompts, group_ids, call_seed, metadata, item_indices
+        self, chunk, prompts, group_ids, call_seed, metadata, item_indices, sampling
     ) -> list[Rollout]:
         policy = self.policy
         ids, mask = left_pad([prompts[i] for i, _ in chunk], policy.pad_id)
@@ -193,9 +172,8 @@ class RolloutWorker:
             mask_id=policy.mask_id,
             eos_id=policy.eos_id,
             generator=generators,
-            **self.sampling.as_kwargs(),
+            **sampling.as_kwargs(),
         )
-        self.last_stats.append(stats)
         log.debug("%r: %d rows, nfe %d, %.2f tokens/forward, %.2fs", self, len(chunk), stats.nfe,
                   stats.tokens_per_forward, stats.seconds)  # fmt: skip
         responses = tokens[:, ids.shape[1] :].cpu().tolist()

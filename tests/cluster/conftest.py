@@ -8,25 +8,7 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-TINY_RUN = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=2",
-    "model.tiny.num_heads=2",
-    "task.num_train=64",
-    "task.num_test=8",
-    "warmup.steps=3",
-    "warmup.batch_size=16",
-    "rollout.num_workers=2",
-    "rollout.group_size=4",
-    "rollout.num_cpus=0.5",
-    "learner.num_cpus=0.5",
-    "learner.num_threads=1",  # several runs share 2 cores in the tests: no intra-op threading
-    "learner.n_t=2",
-    "learner.micro_batch_size=8",
-    "trainer.prompts_per_step=4",
-    "trainer.total_steps=2",
-    "trainer.eval_limit=8",
-]
+from ray_helpers import TINY_RUN  # noqa: E402  (shared with test modules that import it)
 
 
 @pytest.fixture(scope="module")

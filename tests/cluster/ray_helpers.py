@@ -2,6 +2,27 @@
 
 import os
 
+# A few-second run of the tiny model: the overrides every cluster test starts from.
+TINY_RUN = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=2",
+    "model.tiny.num_heads=2",
+    "task.num_train=64",
+    "task.num_test=8",
+    "warmup.steps=3",
+    "warmup.batch_size=16",
+    "rollout.num_workers=2",
+    "rollout.group_size=4",
+    "rollout.num_cpus=0.5",
+    "learner.num_cpus=0.5",
+    "learner.num_threads=1",  # several runs share 2 cores in the tests: no intra-op threading
+    "learner.n_t=2",
+    "learner.micro_batch_size=8",
+    "trainer.prompts_per_step=4",
+    "trainer.total_steps=2",
+    "trainer.eval_limit=8",
+]
+
 
 def kill_processes_mentioning(text: str, timeout_s: float = 15.0) -> None:
     """SIGTERM, then SIGKILL, every process whose command line or environment contains `text` (a

@@ -173,3 +173,34 @@ def _flatten(tree, prefix=""):
         else:
             out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, type(None))) else value
     return out
+
+
+def test_a_run_that_cannot_fit_fails_at_once_naming_the_pool(ray_local, tiny_run):
+    """The one-node case of the multi-node issue: pools asking more than the cluster has used to
+    leave an actor PENDING and the job RUNNING forever; now the run fails before starting any."""
+    too_many = tiny_run("too-many", "rollout.num_workers=3", "rollout.num_cpus=1.5")
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"ask more than the cluster has.*CPU 5\.25 > 4\.0"):
+        train(too_many)
+    nowhere = tiny_run("nowhere", "rewards.placement.resources={gpu_host: 1}")
+    with pytest.raises(ray.exceptions.RayTaskError, match="no node can host a verifier actor"):
+        train(nowhere)
+
+
+@ray.remote(num_cpus=3)
+class _Hog:
+    def ping(self):
+        return True
+
+
+def test_actors_that_stay_pending_are_reported_then_fail_with_the_reason(ray_local, tiny_run):
+    hog = _Hog.remote()
+    ray.get(hog.ping.remote())  # 3 of the 4 CPUs taken: the pools fit the cluster, not what is free
+    try:
+        config = tiny_run("pending", "rollout.num_cpus=1", "trainer.start_timeout_s=4")
+        started = time.monotonic()
+        with pytest.raises(ray.exceptions.RayTaskError, match=r"start_timeout_s.*rollout: rollout-0, rollout-1 "
+                                                               r"not started yet; each asks \{'CPU': 1\.0\}; cluster free"):
+            train(config)
+        assert time.monotonic() - started < 120
+    finally:
+        ray.kill(hog)

@@ -2,8 +2,9 @@
 
 import torch
 
-from cluster.training_batch import draw_step_masks, shard_batch
+from cluster.training_batch import shard_batch
 from learner.batch import build_train_batch
+from learner.behaviour import MaskSpec, sample_masks
 
 
 def _batch(groups: int, size: int):
@@ -26,10 +27,12 @@ def test_shards_hold_whole_groups_and_the_global_size():
             assert int((shard.group_ids == g).sum()) == 4
 
 
-def test_step_masks_are_reproducible_and_step_dependent():
-    a = draw_step_masks(8, 4, 16, seed=1, step=3)
-    b = draw_step_masks(8, 4, 16, seed=1, step=3)
-    c = draw_step_masks(8, 4, 16, seed=1, step=4)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-    assert bool((a.sum(-1) >= 1).all())
+def test_masks_depend_on_the_sample_not_on_the_layout():
+    """Masks derive from (seed, step, group, sample index) only: the same sample gets the same
+    masks whatever batch, shard or rollout worker it lands in, and another step gets others."""
+    spec = MaskSpec(n_t=4, seed=1)
+    whole = sample_masks(spec, 3, [0, 0, 1, 1], [0, 1, 0, 1], 16)
+    alone = sample_masks(spec, 3, [1], [1], 16)
+    assert torch.equal(whole[3], alone[0])
+    assert not torch.equal(whole, sample_masks(spec, 4, [0, 0, 1, 1], [0, 1, 0, 1], 16))
+    assert bool((whole.sum(-1) >= 1).all())

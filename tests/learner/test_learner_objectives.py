@@ -97,9 +97,12 @@ def test_diffu_grpo_objective_clip_and_kl():
     assert torch.allclose(value_kl, value - 0.04 * (delta.exp() - delta - 1))
 
 
-def test_registry():
-    assert get_objective("bgpo").fn is bgpo_bound
-    assert get_objective("elbo_ratio").accumulation == "retained"
+def test_registry_declares_what_each_objective_needs():
+    bgpo, ratio, d1 = (get_objective(n) for n in ("bgpo", "elbo_ratio", "diffu_grpo"))
+    assert bgpo.accumulation == "per_sample" and ratio.accumulation == "retained"
+    assert bgpo.behaviour_terms and ratio.behaviour_terms and not d1.behaviour_terms
+    assert bgpo.scale_advantages and not d1.scale_advantages  # d1: mean-only advantages
+    assert d1.reference_policy and not bgpo.reference_policy
     with pytest.raises(KeyError, match="registered"):
         get_objective("ppo")
 
@@ -115,3 +118,6 @@ def test_group_advantages():
     assert adv[5:].tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-5)  # std 2
     nan = group_advantages(torch.tensor([float("nan"), 1.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]))
     assert nan[:2].isnan().all() and nan[2:].tolist() == [0.0, 0.0]
+    # d1's diffu-GRPO: r - mean(r), no division by the std.
+    mean_only = group_advantages(rewards, groups, scale=False)
+    assert mean_only.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, -2.0, 0.0, 2.0])

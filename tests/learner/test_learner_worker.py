@@ -116,13 +116,26 @@ def test_supplied_ell_old_is_used(make_policy, batch):
 
 
 def test_clipping_is_inert_on_policy(make_policy, batch):
+    """DARE's clip (0.2, dual 3.0), on by default for stale rollouts, leaves an on-policy update
+    bit-identical: same gradients, same weights after the step."""
     batch = with_masks(batch, n_t=4)
-    plain = worker(make_policy())
+    plain = worker(make_policy(), clip_eps=None)
     clipped = worker(make_policy(), clip_eps=0.2, dual_clip=3.0)
     plain.accumulate_gradients(batch)
     metrics = clipped.accumulate_gradients(batch)
     assert metrics["train/clip_fraction"] == 0.0
-    assert_grads_close(grads_of(plain), grads_of(clipped))
+    assert all(torch.equal(a, b) for a, b in zip(grads_of(plain), grads_of(clipped), strict=True))
+    plain.apply_update()
+    clipped.apply_update()
+    assert all(torch.equal(a, b) for a, b in
+               zip(plain.policy.parameters(), clipped.policy.parameters(), strict=True))
+
+
+def test_auto_clip_is_dares_for_stale_rollouts_only():
+    auto = LearnerConfig()
+    assert auto.clip_eps == "auto" and auto.ratio_clip(0) is None and auto.ratio_clip(1) == 0.2
+    assert LearnerConfig(clip_eps=None).ratio_clip(2) is None
+    assert LearnerConfig(clip_eps=0.1).ratio_clip(0) == 0.1
 
 
 def test_state_dict_round_trip(make_policy, batch):

@@ -53,7 +53,6 @@ def test_generate_returns_groups_with_every_field():
         assert worker.policy.mask_id not in r.response_ids
         assert "[EOS]" not in r.text and "[MASK]" not in r.text
     assert repr(worker) == "RolloutWorker(rollout-3, v=0)"
-    assert len(worker.last_stats) == 2  # 6 samples in micro-batches of 4
 
 
 def test_samples_do_not_depend_on_micro_batching():
@@ -70,19 +69,23 @@ def test_calls_without_a_seed_give_new_samples_reproducibly():
     assert [r.response_ids for r in w2.generate(PROMPTS, 1)] == [r.response_ids for r in first]
 
 
-def test_load_state_dict_by_version():
+def _load(worker, version, state):
+    worker.load_weights(version, *_buckets(state))
+
+
+def test_load_weights_by_version():
     worker = _worker()
     new = _donor_state()
-    worker.load_state_dict(4, new)
+    _load(worker, 4, new)
     assert worker.policy_version == 4 and repr(worker) == "RolloutWorker(rollout-3, v=4)"
     assert _same(_weights(worker), new)
     assert worker.generate(PROMPTS[:1], 1)[0].policy_version == 4
 
 
 @pytest.mark.parametrize("damage", ["shape", "dtype", "missing", "unknown"])
-def test_bad_state_dict_leaves_old_weights_and_version(damage):
+def test_bad_update_leaves_old_weights_and_version(damage):
     worker = _worker()
-    worker.load_state_dict(1, _donor_state(1))
+    _load(worker, 1, _donor_state(1))
     before = _weights(worker)
     bad = _donor_state(2)
     last = list(bad)[-1]  # damaged after the others, so a copy-as-you-go loader would be caught
@@ -95,7 +98,7 @@ def test_bad_state_dict_leaves_old_weights_and_version(damage):
     else:
         bad["model.extra.weight"] = torch.zeros(2)
     with pytest.raises((KeyError, ValueError)):
-        worker.load_state_dict(2, bad)
+        _load(worker, 2, bad)
     assert worker.policy_version == 1 and _same(_weights(worker), before)
 
 
@@ -141,7 +144,7 @@ def test_load_waits_for_a_running_generate():
     thread = threading.Thread(target=lambda: results.update(r=worker.generate(PROMPTS, 2, seed=1)))
     thread.start()
     assert started.wait(timeout=30)
-    worker.load_state_dict(1, new)  # blocks until the generate releases the lock
+    _load(worker, 1, new)  # blocks until the generate releases the lock
     thread.join()
     handle.remove()
     assert len(seen) == 2 * 64 and set(seen) == {old_probe}  # two micro-batches, one version
