@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from dllm.causal import CausalPolicy
+from dllm.padding import left_pad
 from dllm.weights import WeightBucket, load_buckets_into
 from rollout.types import Rollout
-from rollout.worker import check_state_dict, left_pad, sample_seed
+from rollout.worker import check_state_dict, sample_seed
 
 
 @dataclass(frozen=True)
