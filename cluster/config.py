@@ -61,7 +61,9 @@ class TaskConfig(Section):
     prompt_style: Literal["compact", "chat"] = "compact"
     """compact: the bare puzzle for the tiny model; chat: the row's chat prompt via the tokenizer's template."""
     preset: str = "compact"
-    """Reward preset: bgpo (paper), d1, or compact (completion is the answer; tiny model)."""
+    """Reward preset and its prompts: bgpo (BGPO's own rules, as DARE ports them), d1 (d1's at
+    837888f), lenient (this project's: multi-solution Sudoku, math-verify), or compact (the
+    completion is the answer; the tiny model). See docs/reproduce.md."""
 
 
 class Placement(Section):

@@ -4,53 +4,41 @@ Rows follow the d1/BGPO layout (`prompt`, `reward_model`, `extra_info`) whether 
 user's file, the hub, or the procedural generators (sudoku, countdown). Two prompt styles:
 - chat: the row's chat messages through the tokenizer's chat template (LLaDA, Dream);
 - compact: the bare puzzle for the tiny character-level model, e.g. "3102200002100320=" for
-  Sudoku, with the answer itself as the completion (reward preset `compact`).
+  Sudoku, with the answer itself as the completion (reward preset `compact`); the formats belong
+  to the task modules (`rewards.tasks.*.compact_prompt`).
 The cursor (epoch, position) walks a seeded permutation per epoch, so a resumed run sees the
 same order as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 
 from dllm.padding import left_pad
 from rewards.datasets import load_rows
 
-SEPARATOR = "="
-
 
 def compact_prompt(task: str, row: dict) -> str:
-    extra = row.get("extra_info") or {}
-    if task == "sudoku":
-        return f"{extra['puzzle']}{SEPARATOR}"
-    if task == "countdown":
-        numbers = extra["numbers"]
-        numbers = json.loads(numbers) if isinstance(numbers, str) else list(numbers)
-        target = extra.get("target", row["reward_model"]["ground_truth"])
-        return f"{' '.join(str(n) for n in numbers)}>{target}{SEPARATOR}"
-    raise ValueError(f"task {task!r} has no compact prompt format; use prompt_style=chat")
+    """The tiny model's bare prompt for a row (the task module's compact form)."""
+    from rewards import get_task
+
+    return get_task(task).compact_prompt(row)
 
 
 def compact_target(task: str, row: dict) -> str:
     """The completion a supervised warm start learns (a certified solution)."""
-    extra = row.get("extra_info") or {}
-    if task == "sudoku":
-        return str(extra.get("solution") or row["reward_model"]["ground_truth"])
-    if task == "countdown":
-        if "solution" not in extra:
-            raise ValueError("countdown rows need extra_info.solution for a warm start")
-        return str(extra["solution"])
-    raise ValueError(f"task {task!r} has no compact target")
+    from rewards import get_task
+
+    return get_task(task).compact_target(row)
 
 
 def prompt_text(task: str, row: dict, style: str, tokenizer, preset: str = "bgpo") -> str:
     """The text the policy is prompted with.
 
-    compact: `compact_prompt`. chat: the task's messages (`rewards.get_task(task).format_prompt`,
-    which e.g. adds the answer instruction of the reward `preset` to bare GSM8K/MATH questions) through the
-    tokenizer's chat template (a final assistant message is continued, not closed). A tokenizer
+    compact: `compact_prompt`. chat: the chat messages of the reward `preset`
+    (`rewards.tasks.prompts.prompt_for`: BGPO's and d1's own prompts for `bgpo`/`d1`; `lenient`
+    appends LLaDA's boxed instruction to bare GSM8K/MATH questions) through the tokenizer's chat template (a final assistant message is continued, not closed). A tokenizer
     without a chat template (the tiny model's character tokenizer) gets the plain text of the
     messages instead: their contents joined by blank lines, without role markers or a generation
     prompt.

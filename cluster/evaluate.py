@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: L)")
     parser.add_argument("--block-length", type=int, default=None, help="block length (default: min(32, L))")
     parser.add_argument("--prompt-style", choices=("chat", "compact"), default=None)
-    parser.add_argument("--preset", default=None, help="reward preset: bgpo, d1 or compact")
+    parser.add_argument("--preset", default=None, help="reward preset: bgpo, d1, lenient or compact")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="rows per request (default: rollout.micro_batch_size)")
     parser.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ from collections import Counter
 from rewards.arith import ArithError, evaluate, literals, parse_expression
 from rewards.tasks import countdown_reference
 from rewards.tasks.answers import last_tag
-from rewards.tasks.base import Task
+from rewards.tasks.base import COMPACT_SEPARATOR, Task
 from rewards.types import RewardResult, ScoringOptions
 
 FORMAT_SCORE = 0.1  # reward for an answer that is present but wrong (TinyZero/d1 convention)
@@ -49,6 +49,16 @@ class CountdownTask(Task):
 
     name = "countdown"
     presets = ("bgpo", "d1", "lenient", "compact")
+
+    def compact_prompt(self, item: dict) -> str:
+        numbers, target = numbers_and_target(item)
+        return f"{' '.join(str(n) for n in numbers)}>{target}{COMPACT_SEPARATOR}"
+
+    def compact_target(self, item: dict) -> str:
+        extra = item.get("extra_info") or {}
+        if "solution" not in extra:
+            raise ValueError("countdown rows need extra_info.solution for a warm start")
+        return str(extra["solution"])
 
     def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:
         try:

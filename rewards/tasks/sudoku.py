@@ -18,7 +18,7 @@ Rows: `extra_info.puzzle` (16 chars, '0' = empty) and `reward_model.ground_truth
 from __future__ import annotations
 
 from rewards.tasks.answers import last_answer_match, last_tag
-from rewards.tasks.base import Task
+from rewards.tasks.base import COMPACT_SEPARATOR, Task
 from rewards.types import RewardResult, ScoringOptions
 
 # Cell indices of every row, column and 2x2 box of a 4x4 grid read row-major.
@@ -89,6 +89,13 @@ class SudokuTask(Task):
 
     name = "sudoku"
     presets = ("bgpo", "d1", "lenient", "compact")
+
+    def compact_prompt(self, item: dict) -> str:
+        return f"{(item.get('extra_info') or {})['puzzle']}{COMPACT_SEPARATOR}"
+
+    def compact_target(self, item: dict) -> str:
+        extra = item.get("extra_info") or {}
+        return str(extra.get("solution") or item["reward_model"]["ground_truth"])
 
     def score(self, completion: str, item: dict, *, preset: str, options: ScoringOptions) -> RewardResult:
         try:

@@ -110,8 +110,10 @@ def test_eval_every_other_task_with_fixture_rows(ray_local, tiny_checkpoint, tmp
                                 log=lambda _: None)
             check_outputs(tmp_path / task, task, 2)
     records = [json.loads(line) for line in (tmp_path / "gsm8k" / "results.jsonl").read_text().splitlines()]
-    # No chat template in the tiny tokenizer: the plain message text, with the boxed instruction.
-    assert records[0]["prompt"].endswith("put your final answer within \\boxed{}.")
+    # No chat template in the tiny tokenizer: the plain message text; the bgpo preset (BGPO's own
+    # prompts, as DARE trains) leaves the row's question as it is, with no boxed instruction.
+    row = json.loads((FIXTURES / "gsm8k.jsonl").read_text().splitlines()[0])
+    assert records[0]["prompt"] == row["prompt"][0]["content"]
 
 
 def test_eval_defaults_follow_the_paper():
@@ -159,14 +161,15 @@ def test_prompt_text_chat_template_continuation_and_plain_fallback():
     gsm8k = json.loads((FIXTURES / "gsm8k.jsonl").read_text().splitlines()[0])
     mbpp = json.loads((FIXTURES / "code_rows.json").read_text())["mbpp"][0]["row"]
     plain = build_char_tokenizer()  # no chat template: the messages' plain text
-    text = prompt_text("gsm8k", gsm8k, "chat", plain)
+    assert prompt_text("gsm8k", gsm8k, "chat", plain) == gsm8k["prompt"][0]["content"]  # bgpo: as is
+    text = prompt_text("gsm8k", gsm8k, "chat", plain, preset="lenient")
     assert text.startswith(gsm8k["prompt"][0]["content"]) and text.endswith("within \\boxed{}.")
     assert "[BEGIN]" in prompt_text("mbpp", mbpp, "chat", plain)
 
     templated = build_char_tokenizer()
     templated.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</>{% endfor %}"
                                "{% if add_generation_prompt %}<assistant>{% endif %}")
-    assert prompt_text("gsm8k", gsm8k, "chat", templated).endswith("\\boxed{}.</><assistant>")
+    assert prompt_text("gsm8k", gsm8k, "chat", templated, preset="lenient").endswith("\\boxed{}.</><assistant>")
     # MBPP rows end with a started assistant turn ("[BEGIN]\n"): it is continued, not closed.
     assert prompt_text("mbpp", mbpp, "chat", templated).endswith("<assistant>[BEGIN]\n")
 
