@@ -90,7 +90,7 @@ class SyncGroup:
         self.spec, self.rank, self.device = spec, rank, torch.device(device)
         self.endpoint = network.resolve(spec.host if rank == 0 and address is None else address, interface)
         self.shape = spec.resolved_shape
-        self._staging: dict[torch.dtype, deque[torch.Tensor]] = {}
+        self._staging: dict[torch.dtype, tuple[int, deque[torch.Tensor]]] = {}
         self._store = dist.TCPStore(
             spec.host, spec.port, spec.world_size, is_master=(rank == 0), timeout=timeout
         )
@@ -120,13 +120,15 @@ class SyncGroup:
     def recv_async(self, tensor: torch.Tensor, src: int, tag: int):
         return self._pg.recv([tensor], src, tag)
 
-    def staging(self, dtype: torch.dtype, count: int = 3) -> deque[torch.Tensor]:
-        """`count` reused chunk-sized buffers per dtype, on the group's device (allocated and
-        touched once per group, not once per sync)."""
-        if dtype not in self._staging:
-            numel = self.spec.chunk_mb * 2**20 // torch.empty((), dtype=dtype).element_size()
-            self._staging[dtype] = deque(torch.zeros(numel, dtype=dtype, device=self.device) for _ in range(count))
-        return self._staging[dtype]
+    def staging(self, dtype: torch.dtype, numel: int, count: int = 3) -> deque[torch.Tensor]:
+        """`count` reused buffers of at least `numel` elements per dtype, on the group's device
+        (made and touched once per group, not once per sync; at most one chunk each)."""
+        capacity, pool = self._staging.get(dtype, (0, None))
+        if pool is None or capacity < numel:
+            # A pool still lending buffers is replaced here; they go back to it, then are freed.
+            pool = deque(torch.zeros(numel, dtype=dtype, device=self.device) for _ in range(count))
+            self._staging[dtype] = (numel, pool)
+        return pool
 
     def messages(self, bucket: WeightBucket) -> list[tuple[int, int]]:
         return message_ranges(bucket, self.spec.chunk_mb * 2**20, self.spec.solo_mb * 2**20)
@@ -155,12 +157,14 @@ def send_weights(group: SyncGroup, state: StateDict, buckets: list[WeightBucket]
     sent = 0
     tag = 0
     for bucket in buckets:
+        messages = group.messages(bucket)
         pool = None  # staging buffers are made only if some message must be packed
-        for start, stop in group.messages(bucket):
+        for start, stop in messages:
             payload = source_view(bucket, state, start, stop, group.device)
             staged = None
             if payload is None:
-                pool = group.staging(bucket.torch_dtype)
+                if pool is None:
+                    pool = group.staging(bucket.torch_dtype, max(b - a for a, b in messages))
                 staged = _free_buffer(pool, in_flight)
                 payload = pack_range(bucket, state, start, stop, staged)
             work = group.broadcast_async(payload) if group.shape == "broadcast" else group.send_async(payload, 1, tag)

@@ -174,13 +174,14 @@ def run_project(args) -> dict:
             buckets = plan_for(state.state_dict(), args.bucket_mb)
         ctx = _SizeContext(args, t, state, buckets, nbytes(size))
         times: dict[str, list[float]] = {v: [] for v in args.variants}
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds + 1):  # round 0 warms up (first touches, staging buffers)
             for variant in args.variants:
                 _barrier(t.ctl)
                 start = time.perf_counter()
                 ctx.run(variant)
                 _barrier(t.ctl)
-                times[variant].append(time.perf_counter() - start)
+                if round_:
+                    times[variant].append(time.perf_counter() - start)
         for variant in args.variants:
             out[variant][size] = {"seconds": times[variant], "bytes": ctx.nbytes}
             if variant in t.groups:  # a delivery of values none of the earlier ones had
