@@ -1,5 +1,5 @@
 # The two commands of the README: `make train` (the main job) and `make test`. Both set up first.
-.PHONY: setup train test lint bench
+.PHONY: setup setup-vllm train test lint bench
 
 # Ray on one machine: keep every listener on loopback and token auth off for throwaway clusters
 # (../shared/reference/platform.md); real clusters set RAY_AUTH_MODE=token.
@@ -8,6 +8,11 @@ export RAY_AUTH_MODE ?= disabled
 
 setup:
 	bash scripts/setup.sh
+
+# The separate vLLM environment (.venv-vllm) for the autoregressive baseline's rollouts; the tests
+# marked vllm skip, saying so, until it exists.
+setup-vllm:
+	bash scripts/setup_vllm.sh
 
 train: setup
 	.venv/bin/bgpo train $(ARGS)

@@ -33,6 +33,10 @@ from cluster.scoring import Scorer
 from cluster.weight_sync import WeightPublisher
 
 
+class LearnerLost(RuntimeError):
+    """A learner rank died (its host, its process): the run cannot go on without its state."""
+
+
 class PoolsDoNotFit(RuntimeError):
     """The run asks for more than the cluster has (checked before any actor is created)."""
 
@@ -135,9 +139,27 @@ class RayPools:
             return ray.get([a.train_step.remote(s) for a, s in zip(self.learners, shards, strict=True)],
                            timeout=self.config.trainer.progress_timeout_s)[0]
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-            raise RuntimeError(
-                f"a learner rank failed ({type(err).__name__}); the run stops. Resume from the last "
-                f"checkpoint with --resume auto (checkpoint.every={self.config.checkpoint.every})") from err
+            raise self._learner_lost(err) from err
+
+    def _learner_lost(self, err: Exception) -> LearnerLost:
+        """The error that ends a run whose learner is gone, saying where and how to resume."""
+        gone = []
+        for rank, actor in enumerate(self.learners):
+            try:
+                ray.get(actor.endpoint.remote(), timeout=10)
+            except ray.exceptions.RayError:
+                gone.append(f"learner-{rank}")
+        where = ", ".join(gone) or "a learner rank (not answering in time)"
+        return LearnerLost(
+            f"{where} failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}); the run stops. "
+            f"Resume from the last checkpoint with --resume auto (checkpoint.every={self.config.checkpoint.every})")
+
+    def _learners_alive(self) -> bool:
+        try:
+            ray.get([a.endpoint.remote() for a in self.learners], timeout=30)
+            return True
+        except ray.exceptions.RayError:
+            return False
 
     def sync_weights(self, version: int) -> dict:
         """Push the learner's weights as `version` to every rollout actor; dead receivers are
@@ -149,6 +171,8 @@ class RayPools:
                 sent = self.publisher.push(self.rollouts.actors, version)
                 break
             except ray.exceptions.RayError as err:
+                if not self._learners_alive():  # the sender is gone: no retry can help
+                    raise self._learner_lost(err) from err
                 _, dead = self.rollouts.alive()
                 if attempt == retries:
                     raise RuntimeError(f"weight sync of v{version} failed {retries + 1} times "
@@ -198,8 +222,11 @@ class RayPools:
         state = {**state, "run_name": self.config.run_name, "saved_at": time.time()}
         # Sharded learners gather the optimizer state together; rank 0 writes.
         writers = self.learners if self.config.learner.sharding == "fsdp" else self.learners[:1]
-        path = ray.get([a.save_checkpoint.remote(str(self.run_dir), step, state, self.config.checkpoint.keep_last)
-                        for a in writers])[0]
+        try:
+            path = ray.get([a.save_checkpoint.remote(str(self.run_dir), step, state, self.config.checkpoint.keep_last)
+                            for a in writers])[0]
+        except ray.exceptions.RayActorError as err:
+            raise self._learner_lost(err) from err
         self.log(f"[checkpoint] {path}")
         return path
 
