@@ -9,9 +9,12 @@ the behaviour policy's MC masks and ell_old). Rewards come back from verifier ac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from learner.behaviour import BehaviourTerms, MaskSpec
 from rollout.types import Rollout
+
+if TYPE_CHECKING:  # annotations only: the contracts load without torch (light actors, tools)
+    from learner.behaviour import BehaviourTerms, MaskSpec
 
 
 @dataclass

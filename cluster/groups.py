@@ -87,8 +87,8 @@ class RolloutPool:
     A new actor first waits in `joining` until Ray has placed it and it answers a ping; only
     then does it get weights and work (`ready`)."""
 
-    def __init__(self, config) -> None:
-        self.config = config
+    def __init__(self, config, actor_class=RolloutActor) -> None:
+        self.config, self.actor_class = config, actor_class  # benchmarks/fleet.py: a light class
         self.actors: dict[str, ray.actor.ActorHandle] = {}
         self.joining: dict[str, tuple[ray.actor.ActorHandle, ray.ObjectRef]] = {}
         self._next_index = 0
@@ -102,7 +102,7 @@ class RolloutPool:
         self._next_index += 1
         rc = self.config.rollout
         handle = (
-            ray.remote(RolloutActor)
+            ray.remote(self.actor_class)
             .options(name=name, namespace=self.namespace, num_cpus=rc.num_cpus, num_gpus=rc.num_gpus,
                      max_restarts=0, **placement_options(rc.placement))
             .remote(name, self.config)

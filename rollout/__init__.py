@@ -1,16 +1,24 @@
-"""Rollout: LLaDA's masked-diffusion sampler (pure torch) and the `RolloutWorker` around it."""
+"""Rollout: LLaDA's masked-diffusion sampler (pure torch) and the `RolloutWorker` around it.
 
-from rollout.config import SamplingConfig
-from rollout.sampler import generate, generate_with_stats, transfer_schedule
-from rollout.types import GenerationStats, Rollout
-from rollout.worker import RolloutWorker
+Names are imported on first use, so `rollout.types` (the `Rollout` contract) can be used by
+processes that never load torch (benchmarks/fleet.py's light actors)."""
 
-__all__ = [
-    "GenerationStats",
-    "Rollout",
-    "RolloutWorker",
-    "SamplingConfig",
-    "generate",
-    "generate_with_stats",
-    "transfer_schedule",
-]
+import importlib
+
+_EXPORTS = {
+    "GenerationStats": "rollout.types",
+    "Rollout": "rollout.types",
+    "RolloutWorker": "rollout.worker",
+    "SamplingConfig": "rollout.config",
+    "generate": "rollout.sampler",
+    "generate_with_stats": "rollout.sampler",
+    "transfer_schedule": "rollout.sampler",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rollout' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
