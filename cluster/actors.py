@@ -163,7 +163,7 @@ class LearnerActor:
     def endpoint(self) -> str:
         """The learner group's rendezvous URL, on this node's own address (cluster/network.py)."""
         me = network.resolve(interface=self.config.cluster.network_interface)
-        return network.init_method(me, network.free_port(me.address))
+        return network.init_method(me.address, network.free_port(me.address))
 
     def init_group(self, init_method: str) -> bool:
         """Join the learners' torch.distributed group (gloo on CPU, NCCL on GPU), then build the
