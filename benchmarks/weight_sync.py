@@ -43,7 +43,7 @@ LABELS = {"small": "2.6 MB", "medium": "84 MB", "large": "336 MB"}
 
 
 def load() -> str:
-    return Path("/proc/loadavg").read_text().split(" 1")[0] if Path("/proc/loadavg").exists() else "?"
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def variants_for(receivers: int) -> list[str]:

@@ -149,10 +149,9 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def init_method(endpoint: Endpoint, port: int) -> str:
-    """`tcp://` rendezvous URL for torch.distributed (IPv6 in brackets)."""
-    host = f"[{endpoint.address}]" if ipaddress.ip_address(endpoint.address).version == 6 else endpoint.address
-    return f"tcp://{host}:{port}"
+def init_method(host: str, port: int) -> str:
+    """`tcp://` rendezvous URL for torch.distributed at a numeric address (IPv6 in brackets)."""
+    return f"tcp://[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"tcp://{host}:{port}"
 
 
 __all__ = [

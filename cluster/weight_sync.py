@@ -44,8 +44,13 @@ from dllm.weights import (
 )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on at `host` right now (the store binds it a moment later)."""
+def free_port(host: str | None = None) -> int:
+    """A TCP port nobody listens on at `host` right now (the store binds it a moment later);
+    `host` defaults to this node's address inside Ray, else loopback."""
+    if host is None:
+        import ray
+
+        host = network.node_address() if ray.is_initialized() else "127.0.0.1"
     return network.free_port(host)
 
 

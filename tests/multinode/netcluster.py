@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def unavailable_reason(probe_name: str = "ncprobe") -> str | None:
     """Why namespaces cannot be made here (None when they can): for pytest.skip."""
     if os.geteuid() != 0:
-        return "network namespaces need root (euid is %d)" % os.geteuid()
+        return f"network namespaces need root (euid is {os.geteuid()})"
     if shutil.which("ip") is None:
         return "iproute2 (`ip`) is not installed"
     ns = f"{probe_name}-{os.getpid()}"
@@ -178,7 +177,7 @@ class NetCluster:
             if ray:
                 self._start_head()
                 starts = [self._start_worker(h, wait=False) for h in range(1, n)]
-                for host, proc in zip(range(1, n), starts):
+                for host, proc in zip(range(1, n), starts, strict=True):
                     self._finish_start(host, proc)
                 self.wait_nodes(n)
         except BaseException:

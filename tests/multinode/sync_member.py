@@ -280,7 +280,7 @@ def run_members(commands: list[list[str]], timeout: float, env: dict[str, str] |
             proc.kill()
         tails = [proc.communicate()[1][-600:] for proc in procs]
         raise TimeoutError(f"members did not finish within {timeout:.0f} s: {tails}") from err
-    failed = [(i, p.returncode, o[1][-1500:]) for i, (p, o) in enumerate(zip(procs, outputs)) if p.returncode]
+    failed = [(i, p.returncode, o[1][-1500:]) for i, (p, o) in enumerate(zip(procs, outputs, strict=True)) if p.returncode]
     if failed:
         raise RuntimeError(f"members failed (index, exit status, stderr): {failed}")
     return [json.loads(o[0].strip().splitlines()[-1]) for o in outputs]

@@ -10,7 +10,14 @@ from sync_member import member_command, run_members
 from torch import nn
 
 from cluster.network import free_port, interface_for, resolve
-from dllm.weights import FlatWeights, message_ranges, pack_bucket, pack_range, plan_buckets, source_view
+from dllm.weights import (
+    FlatWeights,
+    message_ranges,
+    pack_bucket,
+    pack_range,
+    plan_buckets,
+    source_view,
+)
 
 
 def _state() -> dict[str, torch.Tensor]:
