@@ -57,22 +57,62 @@ class _WeightReceiver:
 
 
 class RolloutActor(_WeightReceiver):
-    def __init__(self, worker_id: str, config: RunConfig) -> None:
-        from rollout.worker import RolloutWorker
+    """One rollout worker, built by `rollout.engine`: diffusion (rollout.RolloutWorker), hf
+    (rollout.causal_sampler.CausalSampler) or vllm (rollout.vllm_client.VLLMRolloutClient, a vLLM
+    engine in a child process that starts from the initial weights written to a temp folder).
+    All three share generate / load_weights / policy_version, so the rest of the actor is one."""
 
+    def __init__(self, worker_id: str, config: RunConfig) -> None:
         self.worker_id, self.worker = worker_id, None  # set first: __repr__ must work if init fails
         self.config = config
-        set_threads(config.rollout.num_cpus, config.rollout.num_threads, config.rollout.cpu_affinity)
+        rc = config.rollout
+        set_threads(rc.num_cpus, rc.num_threads, rc.cpu_affinity)
         policy = build_policy(config)
-        self.worker = RolloutWorker(
-            worker_id, policy, config.rollout.sampling, seed=config.seed,
-            micro_batch_size=config.rollout.micro_batch_size,
-        )
+        if rc.engine == "diffusion":
+            from rollout.worker import RolloutWorker
+
+            self.sampling = {False: rc.sampling, True: rc.eval_sampling}
+            self.worker = RolloutWorker(worker_id, policy, rc.sampling, seed=config.seed,
+                                        micro_batch_size=rc.micro_batch_size)
+            return
+        from rollout.causal_sampler import CausalSampler, CausalSamplingConfig
+
+        self.sampling = {False: CausalSamplingConfig.from_sampling(rc.sampling),
+                         True: CausalSamplingConfig.from_sampling(rc.eval_sampling)}
+        if rc.engine == "hf":
+            self.worker = CausalSampler(worker_id, policy, self.sampling[False], seed=config.seed,
+                                        micro_batch_size=rc.micro_batch_size)
+        else:
+            self.worker = self._vllm_client(worker_id, policy)
+
+    def _vllm_client(self, worker_id: str, policy):
+        """A vLLM worker process on the initial weights (save_pretrained into a temp folder that
+        lives as long as this actor; later versions arrive in place through load_weights)."""
+        import shutil
+        import tempfile
+        import weakref
+
+        from rollout.vllm_client import VLLMRolloutClient
+
+        folder = tempfile.mkdtemp(prefix=f"bgpo-{worker_id}-policy-")
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+        policy.save_pretrained(folder)
+        vc = self.config.rollout.vllm
+        self.device = policy.device  # weights are received here, then sent to the engine
+        dtype = str(policy.dtype).removeprefix("torch.")
+        return VLLMRolloutClient(
+            worker_id, folder, self.sampling[False], seed=self.config.seed, dtype=dtype,
+            max_model_len=vc.max_model_len, kv_cache_gb=vc.kv_cache_gb, start_timeout=vc.start_timeout_s,
+            request_timeout=self.config.trainer.rollout_timeout_s, tokenizer=policy.tokenizer,
+            engine_options=vc.engine_options,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"RolloutActor({self.worker_id})"
 
     def policy_device(self) -> torch.device:
+        if self.config.rollout.engine == "vllm":
+            return self.device  # the engine holds its weights in another process
         return self.worker.policy.device
 
     def ping(self) -> dict:
@@ -83,7 +123,7 @@ class RolloutActor(_WeightReceiver):
         the behaviour policy's masks and ell_old for them (learner/behaviour.py), computed here,
         under the weights that sampled them."""
         started = time.time()
-        sampling = self.config.rollout.eval_sampling if request.eval else self.config.rollout.sampling
+        sampling = self.sampling[request.eval]
         rollouts = self.worker.generate(
             request.prompts, request.group_size, group_ids=request.group_ids, seed=request.seed,
             item_indices=request.item_indices, sampling=sampling,

@@ -10,6 +10,7 @@ nothing.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from learner.config import LearnerConfig, Section
+from learner.objectives import get_objective
 from rollout.config import SamplingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -33,9 +35,16 @@ class TinyModelConfig(Section):
 
 class ModelConfig(Section):
     name_or_path: str = "tiny"
-    """"tiny" builds the built-in model; otherwise a checkpoint folder or hub name (LLaDA, Dream)."""
+    """"tiny" builds the built-in diffusion model, "tiny-causal" its causal (autoregressive) twin of
+    the same shapes, parameter count and tokenizer; otherwise a checkpoint folder or hub name
+    (LLaDA, Dream, or any transformers causal LM)."""
+    kind: Literal["auto", "diffusion", "causal"] = "auto"
+    """diffusion (masked diffusion LM) or causal (autoregressive LM, loaded with
+    AutoModelForCausalLM). auto: from the name (tiny, tiny-causal), a local folder's config.json
+    (is_causal false, LLaDA or Dream: diffusion; else causal), or a hub name (LLaDA or Dream in it:
+    diffusion; else causal). The resolved config shows the kind in force."""
     tiny: TinyModelConfig = TinyModelConfig()
-    """Shape of the built-in model when name_or_path is "tiny"."""
+    """Shape of the built-in model when name_or_path is "tiny" or "tiny-causal"."""
     dtype: str = "auto"
     """fp32, bf16 or auto (bf16 on CUDA, fp32 on CPU)."""
     implementation: Literal["native", "remote"] = "native"
@@ -96,7 +105,28 @@ TINY_SAMPLING = {"gen_length": 16, "steps": 16, "block_length": 16, "temperature
 TINY_EVAL_SAMPLING = {**TINY_SAMPLING, "temperature": 0.0, "eval_mode": True}
 
 
+class VLLMConfig(Section):
+    """The vLLM engine of `rollout.engine: vllm` (rollout/vllm_engine.py, in .venv-vllm)."""
+
+    kv_cache_gb: int = Field(1, ge=1)
+    """KV cache size of the CPU backend, whole GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    max_model_len: int | None = None
+    """Longest prompt + response the engine accepts; None: the model's max_position_embeddings."""
+    start_timeout_s: float = Field(300.0, gt=0)
+    """How long the engine may take to start (about 15-20 s for the tiny model on CPU)."""
+    engine_options: dict = {}
+    """Extra keyword arguments of vllm.LLM, e.g. {"gpu_memory_utilization": 0.3} on a GPU."""
+
+
 class RolloutConfig(Section):
+    engine: Literal["diffusion", "hf", "vllm"] = "diffusion"
+    """diffusion: the masked-diffusion sampler (rollout/sampler.py). hf: token-by-token sampling of
+    a causal model with transformers (rollout/causal_sampler.py). vllm: a vLLM engine in the
+    separate .venv-vllm environment (`make setup-vllm`), weights updated in place. hf and vllm
+    read gen_length and temperature from `sampling` / `eval_sampling` (eval: greedy at 0) and
+    ignore the diffusion-only keys."""
+    vllm: VLLMConfig = VLLMConfig()
+    """Engine settings when engine is vllm."""
     num_workers: int = Field(2, ge=1)
     """Rollout actors; scaled independently of the learner."""
     num_cpus: float = 0.5
@@ -251,11 +281,49 @@ class RunConfig(Section):
     def _resolve_auto(self) -> RunConfig:
         if self.learner.clip_eps == "auto":  # the resolved config shows the value in force
             self.learner.clip_eps = self.learner.ratio_clip(self.trainer.max_staleness)
+        if self.model.kind == "auto":
+            self.model.kind = model_kind(self.model.name_or_path)
+        if self.learner.grpo.temperature is None:  # log-probs of the distribution sampled from
+            self.learner.grpo.temperature = self.rollout.sampling.temperature
+        return self
+
+    @model_validator(mode="after")
+    def _engine_fits_model_and_objective(self) -> RunConfig:
+        kind, engine, objective = self.model.kind, self.rollout.engine, self.learner.objective
+        samples = "diffusion" if engine == "diffusion" else "causal"
+        if samples != kind:
+            fix = ("rollout.engine=hf or rollout.engine=vllm (and learner.objective=grpo)"
+                   if kind == "causal" else "rollout.engine=diffusion, or a causal model such as "
+                   "model.name_or_path=tiny-causal")
+            raise ValueError(f"rollout.engine={engine} samples {samples} models, but model "
+                             f"{self.model.name_or_path!r} is a {kind} model: use {fix}")
+        trains = get_objective(objective).policy_kind
+        if trains != kind:
+            fix = ("learner.objective=grpo" if kind == "causal"
+                   else "learner.objective=bgpo (or elbo_ratio, diffu_grpo)")
+            raise ValueError(f"learner.objective={objective} trains {trains} models, but model "
+                             f"{self.model.name_or_path!r} is a {kind} model: use {fix}")
         return self
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
+
+
+def model_kind(name_or_path: str) -> str:
+    """"diffusion" or "causal" for a model name (the rules of ModelConfig.kind's auto); reads a
+    local folder's config.json, never the network."""
+    if name_or_path == "tiny":
+        return "diffusion"
+    if name_or_path == "tiny-causal":
+        return "causal"
+    config_file = Path(name_or_path).expanduser() / "config.json"
+    if config_file.exists():
+        config = json.loads(config_file.read_text())
+        text = " ".join([str(config.get("model_type", "")), *(config.get("architectures") or [])]).lower()
+        diffusion = config.get("is_causal") is False or "llada" in text or "dream" in text
+        return "diffusion" if diffusion else "causal"
+    return "diffusion" if any(k in name_or_path.lower() for k in ("llada", "dream")) else "causal"
 
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:

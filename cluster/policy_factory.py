@@ -1,4 +1,10 @@
-"""Build the policy every actor of a run starts from (the same weights on every rank and worker)."""
+"""Build the policy every actor of a run starts from (the same weights on every rank and worker).
+
+The model's kind (`model.kind`, resolved by cluster/config.py) picks the loader: diffusion policies
+through `dllm.build_tiny_policy` / `dllm.load_policy`, causal ones (the autoregressive baseline)
+through `dllm.causal.build_tiny_causal_policy` / `load_causal_policy`. "tiny" and "tiny-causal"
+share shapes, seed-determined initial weights and the character tokenizer.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +14,29 @@ import torch
 
 from dllm import Policy, build_tiny_policy, load_policy, resolve_device, resolve_dtype
 
+TINY_NAMES = ("tiny", "tiny-causal")  # built in-process, with the character tokenizer
+
 
 def build_policy(config, *, path: str | None = None, dtype: str | None = None) -> Policy:
     """`path` (a checkpoint's policy/ folder) wins over the configured model; `dtype` over
-    model.dtype (a learner keeping fp32 master weights)."""
+    model.dtype (a learner keeping fp32 master weights). A causal model gives a CausalPolicy."""
     device = resolve_device(config.device)
     dtype = dtype or config.model.dtype
     source = path or config.model.name_or_path
-    if source == "tiny":
+    causal = config.model.kind == "causal"
+    if source in TINY_NAMES:
         tiny = config.model.tiny
-        policy = build_tiny_policy(
-            hidden_size=tiny.hidden_size,
-            num_layers=tiny.num_layers,
-            num_heads=tiny.num_heads,
-            seed=config.seed,
-            dtype=resolve_dtype(dtype, device),
-        )
+        if causal:
+            from dllm.causal import build_tiny_causal_policy as build
+        else:
+            build = build_tiny_policy
+        policy = build(hidden_size=tiny.hidden_size, num_layers=tiny.num_layers, num_heads=tiny.num_heads,
+                       seed=config.seed, dtype=resolve_dtype(dtype, device))
         return policy.to(device)
+    if causal:
+        from dllm.causal import load_causal_policy
+
+        return load_causal_policy(source, device=device, dtype=dtype, trust_remote_code=config.model.trust_remote_code)
     return load_policy(
         source, device=device, dtype=dtype, trust_remote_code=config.model.trust_remote_code,
         implementation=config.model.implementation,
@@ -41,7 +53,7 @@ def set_threads(num_cpus: float, num_threads: int | None = None, cpu_affinity: l
 
 def load_tokenizer(config):
     """The tokenizer the controller encodes prompts with (the same one the actors' policies carry)."""
-    if config.model.name_or_path == "tiny":
+    if config.model.name_or_path in TINY_NAMES:
         from dllm import build_char_tokenizer
 
         return build_char_tokenizer()

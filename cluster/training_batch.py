@@ -4,7 +4,10 @@ and the split of the global batch into one shard of whole groups per learner ran
 Advantages are computed by `learner.build_train_batch` over the whole global batch, before
 sharding, so every rank sees the same advantages whatever the number of ranks. MC masks are not
 drawn here: they derive per sample from (seed, step, group, index) (learner/behaviour.py), on the
-learner in synchronous mode and on the rollout actor in asynchronous mode.
+learner in synchronous mode and on the rollout actor in asynchronous mode. For an objective that
+declares `rollout_logprobs` (GRPO on a causal policy), asynchronous mode attaches the sampler's
+own token log-probs as the batch's old_logprobs; synchronous mode leaves them to the learner,
+which recomputes them on-policy (so engine numerics never bias an on-policy ratio).
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ def assemble_batch(outputs: list[RolloutBatch], results: list[RewardResult], *, 
     if not keep:
         return None, info, extras
     kept = [rollouts[i] for i in keep]
+    old_logprobs = None
+    if objective.rollout_logprobs and max_staleness > 0:
+        missing = [r.worker_id for r in kept if not getattr(r, "logprobs", None)]
+        if missing:
+            raise ValueError(f"objective {objective.name} needs the samplers' log-probs of stale rollouts, "
+                             f"but rollouts from {sorted(set(missing))} carry none")
+        old_logprobs = [r.logprobs for r in kept]
+    info["rollout/old_logprobs_from_rollout"] = int(old_logprobs is not None)
     batch = build_train_batch(
         [r.prompt_ids for r in kept],
         [r.response_ids for r in kept],
@@ -48,6 +59,7 @@ def assemble_batch(outputs: list[RolloutBatch], results: list[RewardResult], *, 
         step=step,
         pad_id=pad_id,
         scale_advantages=objective.scale_advantages,
+        old_logprobs=old_logprobs,
     )
     terms = [out.behaviour for out in outputs]
     if objective.behaviour_terms and all(t is not None for t in terms) and terms:

@@ -7,7 +7,8 @@ LLaDA pads the response tail with EOS; those EOS tokens are part of the response
 `build_train_batch` computes the group advantages (the one place they are computed, over the whole
 global batch before it is sharded). `masks` and `ell_old` come from the behaviour policy
 (learner/behaviour.py): the learner fills them in synchronous mode, the rollout worker supplies them
-in asynchronous mode. This module only holds and slices data: it computes nothing about the model.
+in asynchronous mode. `old_logprobs` (causal policies, GRPO) are the sampler's own token log-probs,
+carried from the rollouts when they may be stale. This module only holds and slices data: it computes nothing about the model.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class TrainBatch:
     masks: torch.Tensor | None = None  # [N, n_t, L] bool; True = masked (bgpo.md section 2)
     ell_old: torch.Tensor | None = None  # [N, n_t] float; behaviour-policy ELBO terms for `masks`
     live: torch.Tensor | None = None  # [N] bool; False on ghost rows (see pad_to); None = all live
+    # [N, L] float; log-prob of each response token under the policy that sampled it (causal
+    # samplers; 0 after the completion). None: the learner recomputes them on-policy.
+    old_logprobs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n, t = self.input_ids.shape
@@ -66,6 +70,13 @@ class TrainBatch:
                 raise ValueError(
                     f"ell_old {tuple(self.ell_old.shape)} != masks[:2] {tuple(self.masks.shape[:2])}"
                 )
+        if self.old_logprobs is not None and (
+            self.old_logprobs.shape != (n, self.response_length) or not self.old_logprobs.is_floating_point()
+        ):
+            raise ValueError(
+                f"old_logprobs has shape {tuple(self.old_logprobs.shape)} ({self.old_logprobs.dtype}), "
+                f"expected floats of shape ({n}, {self.response_length})"
+            )
         live_rows = n if self.live is None else int(self.live.sum())
         if self.global_batch_size < live_rows:
             raise ValueError(
@@ -169,12 +180,14 @@ def build_train_batch(
     step: int = 0,
     scale_advantages: bool = True,
     global_batch_size: int | None = None,
+    old_logprobs: Sequence[Sequence[float]] | None = None,
 ) -> TrainBatch:
     """A `TrainBatch` from token-id lists, with its group advantages.
 
     `scale_advantages`: divide by the group's std (GRPO, BGPO) or not (d1's diffu-GRPO); the
     objective says which (`Objective.scale_advantages`). `sample_indices` default to each row's
-    position within its group; the global size defaults to N (one rank)."""
+    position within its group; the global size defaults to N (one rank). `old_logprobs`: the
+    sampler's per-token log-probs of each response (L per row), for a causal policy's stale rollouts."""
     input_ids, attention_mask, response_length = pad_sequences(prompts, responses, pad_id)
     n = len(prompts)
     indices = positions_in_groups(group_ids) if sample_indices is None else list(sample_indices)
@@ -190,4 +203,13 @@ def build_train_batch(
         global_batch_size=n if global_batch_size is None else global_batch_size,
         advantages=group_advantages(reward_tensor, group_tensor, scale=scale_advantages),
         step=step,
+        old_logprobs=None if old_logprobs is None else _float_rows(old_logprobs, response_length),
     )
+
+
+def _float_rows(rows: Sequence[Sequence[float]], length: int) -> torch.Tensor:
+    """[N, length] float32 from equal-length rows (ValueError naming a row of another length)."""
+    for i, row in enumerate(rows):
+        if len(row) != length:
+            raise ValueError(f"old_logprobs row {i} has {len(row)} values, expected L={length}")
+    return torch.tensor([list(r) for r in rows], dtype=torch.float32)

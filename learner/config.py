@@ -30,8 +30,20 @@ class DiffuGRPOConfig(Section):
     """Each real prompt token is masked with this probability in every log-prob estimate."""
 
 
+class GRPOConfig(Section):
+    clip_eps: float = Field(0.2, ge=0, lt=1)
+    """Token-level ratio clip (DeepSeekMath's epsilon); inert on-policy, where every ratio is 1."""
+    clip_eps_high: float | None = Field(None, ge=0)
+    """Upper clip (DAPO's clip-higher); None: clip_eps (symmetric)."""
+    beta: float = Field(0.0, ge=0)
+    """KL(pi || pi_ref) weight, k3 estimator, to the policy RL starts from; 0 keeps no reference."""
+    temperature: float | None = Field(None, ge=0)
+    """Temperature the log-probs are taken at: the rollouts' sampling temperature. None: a run
+    takes rollout.sampling.temperature (cluster/config.py); a LearnerWorker built directly, 1.0."""
+
+
 class LearnerConfig(Section):
-    objective: Literal["bgpo", "elbo_ratio", "diffu_grpo"] = "bgpo"
+    objective: Literal["bgpo", "elbo_ratio", "diffu_grpo", "grpo"] = "bgpo"
     """Policy objective (bgpo.md sections 4 and 8); see learner/objectives.py for what each needs."""
     n_t: int = Field(8, ge=1)
     """Monte Carlo samples (masked copies) per response for the ELBO (bgpo.md section 2)."""
@@ -65,6 +77,8 @@ class LearnerConfig(Section):
     None: the learner trains in model.dtype. (No fp16: it would need loss scaling, not built.)"""
     diffu_grpo: DiffuGRPOConfig = DiffuGRPOConfig()
     """Settings of the diffu_grpo baseline objective (ignored by bgpo and elbo_ratio)."""
+    grpo: GRPOConfig = GRPOConfig()
+    """Settings of the grpo objective, the autoregressive baseline (causal policies only)."""
 
     @model_validator(mode="after")
     def _check(self) -> LearnerConfig:
@@ -73,6 +87,14 @@ class LearnerConfig(Section):
         if isinstance(self.clip_eps, float) and not 0 < self.clip_eps < 1:
             raise ValueError(f"learner.clip_eps must be in (0, 1), 'auto' or null, got {self.clip_eps}")
         return self
+
+    def kl_beta(self) -> float:
+        """The KL-to-reference weight of the objective in force (0 for objectives without one)."""
+        if self.objective == "grpo":
+            return self.grpo.beta
+        if self.objective == "diffu_grpo":
+            return self.diffu_grpo.beta
+        return 0.0
 
     def ratio_clip(self, max_staleness: int = 0) -> float | None:
         """The clip epsilon in force: `auto` is DARE's 0.2 for stale rollouts, off on-policy. A

@@ -6,6 +6,8 @@
   the reference for the equivalence test and the memory comparison (section 8).
 - `diffu_grpo`: d1's one-step per-token estimator with a token-level clipped ratio and a KL
   penalty to a reference policy (section 8).
+- `grpo`: GRPO for causal (autoregressive) policies, the baseline the diffusion policies are
+  compared against; its terms are `learner.grpo.grpo_objective`, its step `learner.grpo_step`.
 
 Every function returns the quantity to MAXIMISE per response (or per token); the learner negates
 and weights it. This module computes no forward pass and no gradient step (worker.py does).
@@ -112,11 +114,15 @@ class Objective:
 
     name: str
     # "per_sample": one backward per MC chunk (linear in samples); "retained": all n_t graphs of a
-    # micro-batch then one backward; "one_step": per-token one-forward estimator, inner iterations.
+    # micro-batch then one backward; "one_step": per-token one-forward estimator, inner iterations;
+    # "causal": exact token log-probs of a causal policy, one backward per micro-batch (grpo_step.py).
     accumulation: str
     behaviour_terms: bool  # needs MC masks and ell_old of the behaviour policy (learner/behaviour.py)
     scale_advantages: bool  # group advantages divided by the group's std (False: d1's mean-only)
     reference_policy: bool  # keeps a frozen reference policy when its KL weight is > 0
+    # uses the sampler's per-token log-probs as old log-probs for stale rollouts (TrainBatch.old_logprobs)
+    rollout_logprobs: bool = False
+    policy_kind: str = "diffusion"  # the model it trains: "diffusion" (masked) or "causal"
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -126,6 +132,8 @@ OBJECTIVES: dict[str, Objective] = {
                             reference_policy=False),
     "diffu_grpo": Objective("diffu_grpo", "one_step", behaviour_terms=False, scale_advantages=False,
                             reference_policy=True),
+    "grpo": Objective("grpo", "causal", behaviour_terms=False, scale_advantages=True,
+                      reference_policy=True, rollout_logprobs=True, policy_kind="causal"),
 }
 
 

@@ -11,7 +11,8 @@ with ghost rows to the longest one, so that all ranks run the same passes.
 
 `bgpo` back-propagates every chunk of MC samples as soon as it is built (one chunk's graph alive
 at a time); `elbo_ratio` keeps all n_t graphs of a micro-batch alive and back-propagates once;
-`diffu_grpo` runs its own inner iterations (several optimizer steps per batch).
+`diffu_grpo` runs its own inner iterations (several optimizer steps per batch); `grpo` (causal
+policies) back-propagates each micro-batch's exact token log-probs (learner/grpo_step.py).
 
 The worker also owns the policy's weights as they leave and enter (`self.weights`, whole tensors
 even when sharded), its optimizer state for checkpoints, and the tiny model's warm start.
@@ -97,8 +98,8 @@ class LearnerWorker:
         self.mask_spec = MaskSpec(config.n_t, seed)
         # A run's resolved config has no "auto" left; built directly, the worker is on-policy.
         self.clip_eps = config.ratio_clip()
-        if self.objective.reference_policy and config.diffu_grpo.beta > 0 and reference_policy is None:
-            # d1's reference is the policy before RL; a frozen copy of the starting weights.
+        if self.objective.reference_policy and config.kl_beta() > 0 and reference_policy is None:
+            # d1's and GRPO's reference is the policy before RL; a frozen copy of the starting weights.
             reference_policy = copy.deepcopy(policy).eval().requires_grad_(False)
         if self.sharded:
             # Shard before the optimizer exists: it must hold the sharded parameters.
@@ -154,6 +155,8 @@ class LearnerWorker:
         """
         if self.objective.accumulation == "one_step":
             raise ValueError("diffu_grpo takes several steps per batch: call step()")
+        if self.objective.accumulation == "causal":
+            return self._grpo_accumulate(batch)
         batch = self.prepare(batch)
         self.optimizer.zero_grad(set_to_none=True)
         # Metric sums: loss, sum |z|, count of z, clipped count, masked tokens, rows.
@@ -222,9 +225,11 @@ class LearnerWorker:
     def warm_start(self, examples: tuple, response_length: int, *, steps: int, lr: float,
                    batch_size: int, seconds: float | None = None, plain_copy=None) -> dict:
         """The tiny model's supervised warm start (learner/sft.py) on this worker's weights, using
-        every core of the node (nothing else runs then). Sharded, training runs on `plain_copy`, an
-        unsharded policy of the same architecture, whose result is loaded into the shards."""
-        from learner.sft import warm_start
+        every core of the node (nothing else runs then): masked-diffusion SFT for a diffusion
+        policy, next-token cross-entropy for a causal one (`sft.supervised_loss`, by the policy's
+        kind). Sharded, training runs on `plain_copy`, an unsharded policy of the same
+        architecture, whose result is loaded into the shards."""
+        from learner.sft import supervised_loss, warm_start
 
         policy = self.policy
         if self.sharded:
@@ -236,7 +241,8 @@ class LearnerWorker:
         torch.set_num_threads(os.cpu_count() or 1)
         try:
             stats = warm_start(policy, examples, response_length, max_steps=steps, lr=lr,
-                               seconds=seconds, batch_size=batch_size, seed=self.mask_spec.seed)
+                               seconds=seconds, batch_size=batch_size, seed=self.mask_spec.seed,
+                               loss_fn=supervised_loss(policy))
         finally:
             torch.set_num_threads(threads)
         if self.sharded:
@@ -373,6 +379,31 @@ class LearnerWorker:
             "train/optimizer_steps": float(self.steps),
             "train/lr": float(self.optimizer.param_groups[0]["lr"]),
         }
+
+    # ---- grpo (causal policies) ---------------------------------------------------------------
+
+    def _grpo_accumulate(self, batch: TrainBatch) -> dict[str, float]:
+        """Gradient of the GRPO loss (learner/grpo_step.py) in `.grad`, all-reduced; metrics."""
+        from learner.grpo_step import accumulate_grpo_gradients
+
+        batch = self._pad_to_longest_shard(batch.to(self.device))
+        cfg = self.config.grpo
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = accumulate_grpo_gradients(
+            self.policy, batch, cfg, micro_batch_size=self.config.micro_batch_size,
+            reference_policy=self.reference_policy,
+        )  # fmt: skip
+        metrics = self._finish_accumulation(batch, sums.core)
+        metrics["train/mean_abs_log_ratio"] = metrics.pop("train/mean_abs_z")
+        metrics["train/completion_tokens"] = metrics.pop("train/masked_tokens")
+        metrics["train/ratio_max"] = sums.ratio_max
+        metrics["train/old_logprobs_from_rollout"] = float(batch.old_logprobs is not None)
+        if cfg.beta > 0:
+            kl = torch.tensor([sums.kl_sum], dtype=torch.float64)
+            if self.world_size > 1:
+                kl = allreduce_sum(kl.to(self.device), self.process_group).cpu()
+            metrics["train/kl"] = float(kl.item()) / metrics["train/responses"]
+        return metrics
 
     # ---- diffu_grpo -------------------------------------------------------------------------
 

@@ -39,6 +39,13 @@ class CausalSamplingConfig:
     temperature: float = 1.0
     """Softmax temperature; 0 means greedy (argmax)."""
 
+    @classmethod
+    def from_sampling(cls, sampling) -> CausalSamplingConfig:
+        """The causal settings of a run's `rollout.sampling` (a rollout.SamplingConfig): its
+        gen_length and temperature; the diffusion-only keys (steps, blocks, remasking, cache,
+        threshold, eval_mode) do not apply to token-by-token sampling."""
+        return cls(gen_length=sampling.gen_length, temperature=sampling.temperature)
+
     def __post_init__(self) -> None:
         if self.gen_length <= 0:
             raise ValueError(f"gen_length must be positive, got {self.gen_length}")
@@ -242,8 +249,11 @@ class CausalSampler:
         seed: int | None = None,
         metadata: Sequence[dict[str, Any]] | None = None,
         item_indices: Sequence[int] | None = None,
+        sampling: CausalSamplingConfig | None = None,
     ) -> list[CausalRollout]:
-        """`group_size` samples per prompt, prompt-major, as `RolloutWorker.generate`."""
+        """`group_size` samples per prompt, prompt-major, as `RolloutWorker.generate`; `sampling`
+        overrides the sampler's settings for this call (evaluation decodes greedily)."""
+        sampling = sampling or self.sampling
         n = len(prompts)
         check_generate_args(n, group_size, group_ids=group_ids, metadata=metadata, item_indices=item_indices)
         group_ids = list(range(n)) if group_ids is None else list(group_ids)
@@ -267,14 +277,14 @@ class CausalSampler:
                     self.policy,
                     [prompts[i] for i, _ in chunk],
                     generators,
-                    max_tokens=self.sampling.gen_length,
-                    temperature=self.sampling.temperature,
+                    max_tokens=sampling.gen_length,
+                    temperature=sampling.temperature,
                 )
                 seconds = time.perf_counter() - start
                 for row, (k, (i, j)) in enumerate(zip(picked, chunk, strict=True)):
                     rollouts[k] = make_rollout(
                         prompts[i], tokens[row], logps[row],
-                        gen_length=self.sampling.gen_length, eos_id=self.policy.eos_id,
+                        gen_length=sampling.gen_length, eos_id=self.policy.eos_id,
                         tokenizer=self.policy.tokenizer, version=self._version,
                         group_id=group_ids[i], sample_index=j, seconds=seconds,
                         worker_id=self.worker_id,

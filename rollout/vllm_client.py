@@ -264,8 +264,11 @@ class VLLMRolloutClient:
         seed: int | None = None,
         metadata: Sequence[dict[str, Any]] | None = None,
         item_indices: Sequence[int] | None = None,
+        sampling: CausalSamplingConfig | None = None,
     ) -> list[CausalRollout]:
-        """`group_size` samples per prompt, prompt-major, as `RolloutWorker.generate`."""
+        """`group_size` samples per prompt, prompt-major, as `RolloutWorker.generate`; `sampling`
+        overrides the sampler's settings for this call (evaluation decodes greedily)."""
+        sampling = sampling or self.sampling
         n = len(prompts)
         check_generate_args(n, group_size, group_ids=group_ids, metadata=metadata, item_indices=item_indices)
         group_ids = list(range(n)) if group_ids is None else list(group_ids)
@@ -278,7 +281,7 @@ class VLLMRolloutClient:
             lengths = torch.tensor([len(prompts[i]) for i, _ in jobs], dtype=torch.int64)
             if bool((lengths == 0).any()):
                 raise ValueError("empty prompt")
-            header = {"temperature": self.sampling.temperature, "max_tokens": self.sampling.gen_length}
+            header = {"temperature": sampling.temperature, "max_tokens": sampling.gen_length}
             reply, (tokens, logps, counts) = self._call(
                 "generate", header, [flat, lengths, torch.tensor(seeds, dtype=torch.int64)]
             )
@@ -289,7 +292,7 @@ class VLLMRolloutClient:
         return [
             make_rollout(
                 prompts[i], token_rows[k].tolist(), logp_rows[k].tolist(),
-                gen_length=self.sampling.gen_length, eos_id=self.eos_id, tokenizer=self.tokenizer,
+                gen_length=sampling.gen_length, eos_id=self.eos_id, tokenizer=self.tokenizer,
                 version=version, group_id=group_ids[i], sample_index=j, seconds=seconds,
                 worker_id=self.worker_id,
                 item_index=None if item_indices is None else int(item_indices[i]),
