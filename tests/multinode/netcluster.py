@@ -8,7 +8,8 @@ them, so two clusters can coexist):
   these namespaces and nothing in them can reach any other address;
 - with Ray: host 0 runs the head (GCS on :6379, dashboard on <host 0>:8265), every other host a
   `ray start --address`, each with `--node-ip-address` = its own address, its own `--temp-dir`
-  (under the state dir), and the custom resource `{"host<i>": 1}` for placement.
+  (under the state dir), the custom resource `{"host<i>": 1}` and the node label `host=host<i>`
+  for placement.
 
 The namespaces share the machine's filesystem and process table, so stopping is by pid: `down`
 kills every process inside the cluster's namespaces (`ip netns pids`) and any process whose command
@@ -300,7 +301,7 @@ class NetCluster:
         return [
             _ray_binary(), "start", f"--node-ip-address={self.address(host)}",
             f"--temp-dir={self.temp_dir(host)}", f"--num-cpus={self.num_cpus:g}",
-            f"--resources={json.dumps({f'host{host}': 1})}",
+            f"--resources={json.dumps({f'host{host}': 1})}", f"--labels=host=host{host}",
             f"--object-store-memory={self.object_store_mb * 2**20}", "--disable-usage-stats",
         ]
 

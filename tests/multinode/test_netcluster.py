@@ -22,6 +22,7 @@ def test_ray_nodes_have_their_hosts_addresses(netcluster):
     for node in alive:
         host = netcluster.addresses.index(node["node_ip"])
         assert node["resources_total"].get(f"host{host}") == 1.0
+        assert node["labels"].get("host") == f"host{host}"
     # `ray status` (the autoscaler's view) can lag the state API by a few seconds.
     ray_status = [str(Path(sys.executable).parent / "ray"), "status", f"--address={netcluster.gcs_address}"]
     deadline = time.monotonic() + 30
