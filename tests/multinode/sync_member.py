@@ -131,7 +131,8 @@ class _Transfers:
                 self.sock = self._connect(int(port) + i)
             elif ":" in variant:
                 spec = SyncGroupSpec(host, int(port) + i, args.world, epoch=1, backend="gloo",
-                                     timeout_s=args.timeout, shape=variant.split(":")[1], chunk_mb=args.chunk_mb)
+                                     timeout_s=args.timeout, shape=variant.split(":")[1], chunk_mb=args.chunk_mb,
+                                     solo_mb=args.solo_mb)
                 self.groups[variant] = SyncGroup(spec, args.rank, torch.device("cpu"), address=args.addr)
             elif variant != "gloo":
                 raise ValueError(f"unknown variant {variant!r}")
@@ -300,6 +301,7 @@ def main() -> None:
     p.add_argument("--peer", default="", help="rank 1's address (for the tcp variant)")
     p.add_argument("--chunk-mb", type=int, default=32)
     p.add_argument("--bucket-mb", type=int, default=256)
+    p.add_argument("--solo-mb", type=int, default=1, help="tensors this large travel alone (64: pack all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--threads", type=int, default=1)
