@@ -25,6 +25,7 @@ from cluster.weight_sync import (
     SyncGroupSpec,
     numpy_buckets,
     plan_for,
+    receive_into,
     receive_weights,
     send_weights,
 )
@@ -48,10 +49,15 @@ class _WeightReceiver:
     sync: SyncGroup | None = None
     buckets: list | None = None
 
+    flat = None  # the worker's weights laid out as the bucket plan (rollout.RolloutWorker only)
+
     def join_sync(self, spec: SyncGroupSpec, rank: int, buckets: list) -> bool:
         if self.sync is not None:
             self.sync.close()
         self.sync = SyncGroup(spec, rank, self.policy_device(), interface=self.config.cluster.network_interface)
+        adopt = getattr(self.worker, "adopt_flat_weights", None)
+        if adopt is not None and (self.flat is None or self.flat.buckets != buckets):
+            self.flat = adopt(buckets)
         self.buckets = buckets
         return True
 
@@ -139,16 +145,25 @@ class RolloutActor(_WeightReceiver):
         return RolloutBatch(rollouts, self.worker_id, started, time.time(), terms)
 
     def receive_weights(self, version: int) -> float:
+        """One broadcast: straight into the spare set of the model's flat weights, then swapped in
+        whole; a receive that fails leaves the model as it was (nothing is committed)."""
         start = time.perf_counter()
-        flats = receive_weights(self.sync, self.buckets)
-        self.worker.load_weights(version, self.buckets, flats)
+        if self.flat is not None:
+            receive_into(self.sync, self.buckets, self.flat)
+            self.worker.commit_weights(version, self.flat)
+        else:  # samplers without flat weights (the causal engines): fresh buffers, then a load
+            self.worker.load_weights(version, self.buckets, receive_weights(self.sync, self.buckets))
         return time.perf_counter() - start
 
     def load_numpy_weights(self, version: int, payload: tuple) -> float:
         """payload = (bucket plans, numpy arrays), resolved from the object store zero-copy."""
         start = time.perf_counter()
         buckets, arrays = payload
-        self.worker.load_weights(version, buckets, arrays)
+        if self.flat is not None and self.flat.buckets == buckets:
+            self.flat.stage(arrays)
+            self.worker.commit_weights(version, self.flat)
+        else:
+            self.worker.load_weights(version, buckets, arrays)
         return time.perf_counter() - start
 
 
@@ -249,8 +264,9 @@ class LearnerActor:
     def sync_endpoint(self, epoch: int, world_size: int) -> SyncGroupSpec:
         backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
         me = network.resolve(interface=self.config.cluster.network_interface)
+        ws = self.config.weight_sync
         return SyncGroupSpec(me.address, network.free_port(me.address), world_size, epoch, backend,
-                             timeout_s=self.config.weight_sync.timeout_s)
+                             timeout_s=ws.timeout_s, shape=ws.shape, chunk_mb=ws.chunk_mb)
 
     def join_sync(self, spec: SyncGroupSpec) -> bool:
         if self.sync is not None:

@@ -242,6 +242,12 @@ class WeightSyncConfig(Section):
     """collective: bucketed torch.distributed broadcast; object_store: numpy buckets via Ray."""
     bucket_mb: int = 256
     """Bucket size for the broadcast."""
+    shape: Literal["auto", "broadcast", "chain"] = "auto"
+    """collective only: how several receivers get the weights. chain: each receiver forwards to
+    the next, so every link carries the weights once; broadcast: the backend's own (gloo's is a
+    tree that resends from the root). auto: chain for gloo with 2+ receivers, else broadcast."""
+    chunk_mb: int = Field(32, ge=1)
+    """Largest message of the pipelined broadcast (packing, sending and loading overlap)."""
     retries: int = Field(2, ge=0)
     """Failed syncs retried (dead receivers replaced first) before the run fails, naming them."""
     timeout_s: float = Field(120.0, gt=0)

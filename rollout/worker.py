@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dllm.padding import left_pad
-from dllm.weights import WeightBucket, load_buckets_into
+from dllm.weights import FlatWeights, WeightBucket, load_buckets_into
 from rollout.config import SamplingConfig
 from rollout.sampler import generate_with_stats
 from rollout.types import Rollout
@@ -101,6 +101,18 @@ class RolloutWorker:
         with self._lock:
             # load_buckets_into checks names, shapes, dtypes and buffer sizes before any copy.
             load_buckets_into(self.policy.model, buckets, flats)
+            self._version = int(version)
+
+    def adopt_flat_weights(self, buckets: list[WeightBucket], spare: bool = True) -> FlatWeights:
+        """Lay the model's weights out as `buckets` (values unchanged), so updates can be received
+        straight into a spare set and swapped in whole (`commit_weights`)."""
+        with self._lock:  # rebinds every parameter's storage: no forward may run meanwhile
+            return FlatWeights(self.policy.model, buckets, spare=spare)
+
+    def commit_weights(self, version: int, flat: FlatWeights) -> None:
+        """Swap in a fully received update and set its version; generation never sees half of it."""
+        with self._lock:
+            flat.commit()
             self._version = int(version)
 
     def generate(

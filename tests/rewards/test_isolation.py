@@ -112,15 +112,18 @@ def test_busy_children_die_with_their_parent(tmp_path):
     pytest.fail(f"isolation child {pid} outlived its parent")
 
 
-def test_math_verify_never_loads_in_the_scoring_process():
+def test_math_checkers_never_load_in_the_scoring_process():
+    """math-verify (lenient) and BGPO's sympy grader (bgpo) run only in the isolation children."""
     import subprocess
     import sys
 
     code = ("import sys\nfrom rewards import score\n"
-            "r = score('math', '\\\\boxed{\\\\sqrt{117}}', {'reward_model': {'ground_truth': "
-            "'3\\\\sqrt{13}'}})\n"
-            "print(r.status, r.extra['method'], 'math_verify' in sys.modules)\n")
+            "item = {'reward_model': {'ground_truth': '3\\\\sqrt{13}'}}\n"
+            "for preset in ('lenient', 'bgpo'):\n"
+            "    r = score('math', '\\\\boxed{\\\\sqrt{117}}', item, preset=preset)\n"
+            "    print(r.status, r.extra['method'], 'math_verify' in sys.modules, 'sympy' in sys.modules)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=60, check=True)
-    assert out.stdout.split() == ["ok", "math_verify", "False"]
+    assert [line.split() for line in out.stdout.splitlines()] == [
+        ["ok", "math_verify", "False", "False"], ["ok", "sympy", "False", "False"]]
