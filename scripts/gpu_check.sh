@@ -181,8 +181,8 @@ fi
 
 # ---- the parts ---------------------------------------------------------------------------------
 # Test files with a gpu mark whose imports this Python has (a file importing ray is left out
-# here, not reported as a collection error); the rest are listed in the log.
-mapfile -t GPU_TESTS < <("$PYTHON" - <<'PY'
+# here, not reported as a collection error); the rest are listed in pytest_left_out.txt.
+mapfile -t GPU_TESTS < <("$PYTHON" - 2> "$OUT/pytest_left_out.txt" <<'PY'
 import ast, importlib.util, pathlib, sys
 for path in sorted(pathlib.Path("tests").rglob("test_*.py")):
     text = path.read_text()
@@ -204,7 +204,10 @@ for path in sorted(pathlib.Path("tests").rglob("test_*.py")):
         print(path)
 PY
 )
-if (( ${#GPU_TESTS[@]} )); then
+[[ -s "$OUT/pytest_left_out.txt" ]] && cat "$OUT/pytest_left_out.txt"
+if ! "$PYTHON" -c "import pytest" 2>/dev/null; then
+  record pytest skipped 0 "pytest is not installed (BGPO_WHEELS=DIR installs it from wheels)"
+elif (( ${#GPU_TESTS[@]} )); then
   run_part pytest "$T_PYTEST" pytest "$PYTHON" -m pytest -q -m "gpu and not ray" -p no:cacheprovider \
     --junitxml "$OUT/pytest.xml" "${GPU_TESTS[@]}"
   # The test counts go into the pytest part; a run where every test skipped is "skipped".
@@ -230,7 +233,7 @@ if part["part"] == "pytest" and xml.exists():
 PY
   write_summary
 else
-  record pytest skipped 0 "no gpu-marked test file can be imported by $PYTHON"
+  record pytest skipped 0 "no gpu-marked test file can be imported (pytest_left_out.txt)"
 fi
 
 run_part learner_memory "$T_MEMORY" "dllm, learner" "$PYTHON" benchmarks/learner_memory.py \
