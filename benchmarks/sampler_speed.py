@@ -321,8 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     trained.add_argument("--test-path", default=None, help="sudoku rows (parquet/jsonl) to score")
     trained.add_argument("--test-rows", type=int, default=500, help="puzzles (generated: d1's 500)")
     trained.add_argument("--train-rows", type=int, default=2000, help="generated training rows")
-    trained.add_argument("--train-steps", type=int, default=600, help="warm-start steps at most")
-    trained.add_argument("--train-seconds", type=float, default=300.0, help="warm-start time cap")
+    trained.add_argument("--train-steps", type=int, default=800,
+                         help="warm-start steps (fixed, so the policy does not depend on the load)")
+    trained.add_argument("--train-seconds", type=float, default=None, help="optional time cap")
     trained.add_argument("--seed", type=int, default=0, help="model, data and test-row seed")
     trained.add_argument("--eval-mode", action="store_true",
                          help="EOS confidence 0 (bgpo eval's decoding); off: Fast-dLLM's")  # fmt: skip
