@@ -110,7 +110,7 @@ class RolloutActor(_WeightReceiver):
             worker_id, folder, self.sampling[False], seed=self.config.seed, dtype=dtype,
             max_model_len=vc.max_model_len, kv_cache_gb=vc.kv_cache_gb, start_timeout=vc.start_timeout_s,
             request_timeout=self.config.trainer.rollout_timeout_s, tokenizer=policy.tokenizer,
-            engine_options=vc.engine_options,
+            engine_options=vc.engine_options, max_batch_tokens=vc.max_batch_tokens,
         )  # fmt: skip
 
     def __repr__(self) -> str:

