@@ -198,7 +198,8 @@ def markdown(record: dict, plot_name: str) -> str:
     lines = [
         "# Tiny diffusion LM (BGPO) vs tiny autoregressive LM (GRPO)",
         "",
-        f"Produced by `{record['command']}` ({record['finished']}).",
+        f"Produced by `{record['command']}` ({record['finished']})"
+        + (": runs made by the same command without --aggregate, then read back." if s.get("aggregate") else "."),
         f"Same task (embedded 4x4 Sudoku, compact prompts), {s['warmup']} warm-start steps, {s['steps']} RL steps of "
         f"{s['prompts']} prompts x {s['group']} samples, same verifier, held-out accuracy on {s['eval_limit']} rows "
         f"(greedy), seeds {s['seeds']}. Learning rates: BGPO {s['lr_dllm']}, GRPO {s['lr_ar']}; AR rollouts by engine "
@@ -266,7 +267,8 @@ def main() -> None:
 
     record = {"command": "python benchmarks/dllm_vs_ar.py " + " ".join(sys.argv[1:]), "load_before": load_average(),
               "settings": {k: getattr(args, k) for k in ("steps", "warmup", "prompts", "group", "eval_every",
-                                                          "eval_limit", "lr_dllm", "lr_ar", "ar_engine", "quick", "extra")}}
+                                                          "eval_limit", "lr_dllm", "lr_ar", "ar_engine", "quick", "aggregate",
+                                                          "extra")}}
     record["settings"]["seeds"] = seeds
     record["parameters"] = parameter_counts(args)
     seconds = {}
