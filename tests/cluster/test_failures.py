@@ -70,6 +70,7 @@ def _actor(config, name):
     return ray.get_actor(name, namespace=namespace_of(config.run_name))
 
 
+@pytest.mark.extended  # the default run covers it across hosts: test_runs_across_hosts.py::test_c
 def test_killed_rollout_worker_is_replaced(ray_local, tiny_run):
     config = tiny_run("kill-rollout", "trainer.total_steps=5")
     run = Background(config)
@@ -129,8 +130,10 @@ def test_scaling_mid_run(ray_local, tiny_run):
     assert _balanced(_steps(config.run_dir)[-1])
 
 
+@pytest.mark.extended  # the default run covers it across hosts: test_runs_across_hosts.py::test_d
 def test_driver_killed_mid_run_then_resumed_matches_an_uninterrupted_run(ray_local, tiny_run, tmp_path):
-    common = ("trainer.total_steps=4", "checkpoint.every=1", "checkpoint.keep_last=5")
+    # Evaluating every step changes no weights and keeps the run going long enough to be killed.
+    common = ("trainer.total_steps=8", "checkpoint.every=1", "checkpoint.keep_last=10", "trainer.eval_every=1")
     reference = tiny_run("uninterrupted", *common)
     train(reference)
 
@@ -152,16 +155,16 @@ def test_driver_killed_mid_run_then_resumed_matches_an_uninterrupted_run(ray_loc
     proc.wait(30)
     kill_processes_mentioning(ray_tmp)  # ...and the cluster it started, controller included
     resumed_at = int(latest.read_text().strip().rsplit("_", 1)[1])
-    assert 2 <= resumed_at < 4
+    assert 2 <= resumed_at < 8
 
     summary = train(killed, resume="auto")
-    assert summary["start_step"] == resumed_at and summary["steps"] == 4
-    a = load_file(str(reference.run_dir / "checkpoints" / "global_step_4" / "policy" / "model.safetensors"))
-    b = load_file(str(killed.run_dir / "checkpoints" / "global_step_4" / "policy" / "model.safetensors"))
+    assert summary["start_step"] == resumed_at and summary["steps"] == 8
+    a = load_file(str(reference.run_dir / "checkpoints" / "global_step_8" / "policy" / "model.safetensors"))
+    b = load_file(str(killed.run_dir / "checkpoints" / "global_step_8" / "policy" / "model.safetensors"))
     for name, value in a.items():
         assert (value - b[name]).abs().max().item() < 1e-6, name
-    state = json.loads((killed.run_dir / "checkpoints" / "global_step_4" / "trainer_state.json").read_text())
-    ref_state = json.loads((reference.run_dir / "checkpoints" / "global_step_4" / "trainer_state.json").read_text())
+    state = json.loads((killed.run_dir / "checkpoints" / "global_step_8" / "trainer_state.json").read_text())
+    ref_state = json.loads((reference.run_dir / "checkpoints" / "global_step_8" / "trainer_state.json").read_text())
     assert state["cursor"] == ref_state["cursor"]
 
 
