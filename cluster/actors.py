@@ -313,13 +313,13 @@ class LearnerActor:
         from pathlib import Path
 
         from cluster.checkpoint import load_learner_state
-        from dllm import load_policy
 
         folder = Path(path) / "policy"
         weights = LazyWeights(folder)
         if set(weights) != set(self.policy.model.state_dict()):
-            # A checkpoint that stores a tied weight once: transformers knows how to load it.
-            weights = load_policy(folder, device="cpu", dtype=self.policy.dtype).model.state_dict()
+            # A checkpoint that stores a tied weight once: transformers knows how to load it (the
+            # model's own factory, so causal and diffusion checkpoints alike).
+            weights = build_policy(self.config, path=str(folder), dtype=self.master_dtype).model.state_dict()
         self.worker.load_weights(weights)
         self.worker.load_state_dict(load_learner_state(path))
         return True

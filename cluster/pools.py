@@ -247,7 +247,8 @@ class RayPools:
         wc = self.config.warmup
         if wc.steps > 0:
             examples = self.data.warm_start_examples()
-            self.log(f"[warmup] supervised masked-diffusion warm start, {wc.steps} steps on learner-0")
+            loss = "next-token" if self.config.model.kind == "causal" else "masked-diffusion"
+            self.log(f"[warmup] supervised {loss} warm start, {wc.steps} steps on learner-0")
             stats = ray.get(self.learners[0].warm_start.remote(examples, self.config.rollout.sampling.gen_length))
             self.log(f"[warmup] done: {stats}")
             if len(self.learners) > 1:
