@@ -212,6 +212,10 @@ def eval_config(args: argparse.Namespace, task: str, model: str, kind: str):
         "rewards.num_workers": args.verifier_workers,
         "trainer.rollout_timeout_s": 600.0 if tiny else 3600.0,
     }
+    from cluster.config import model_kind
+
+    if model_kind(model) == "causal":  # the autoregressive baseline: its sampler and objective
+        values.update({"rollout.engine": "hf", "learner.objective": "grpo"})
     # JSON-quoted values read back unchanged through the YAML override parser (paths included).
     defaults = [f"{key}={json.dumps(value)}" for key, value in values.items()]
     return load_config(None, defaults + list(args.overrides))
