@@ -61,7 +61,8 @@ def run_loop(max_staleness: int, args: argparse.Namespace, out_dir: str) -> dict
         "steps_timed": len(timed),
         "steps_per_minute": 60 * len(timed) / wall,
         "learner_idle": statistics.mean(r["perf/learner_idle"] for r in timed),
-        "rollout_idle": statistics.mean(r["perf/rollout_idle"] for r in timed),
+        # Reported k steps late (the window it is for is then complete: cluster/loop.py IdleClock).
+        "rollout_idle": statistics.mean(r["perf/rollout_idle"] for r in timed if "perf/rollout_idle" in r),
         "learner_step_seconds": statistics.mean(r["perf/step_seconds"] for r in timed),
         "rollout_seconds": statistics.mean(r["perf/rollout_busy_seconds"] for r in timed),
         "staleness_mean": statistics.mean(r["rollout/staleness_mean"] for r in timed),

@@ -93,7 +93,7 @@ class TrainingLoop:
         # the cursor of step s+1, so prompts in flight are drawn again after a resume.
         cursor_at: dict[int, dict] = {}
         started = last_update = time.monotonic()
-        window_start = time.time()
+        idle = IdleClock(lag=k)
         while state.step < total and not self.stop_requested:
             self.pools.rescale()
             t0 = time.perf_counter()
@@ -124,11 +124,9 @@ class TrainingLoop:
                     last_update = time.monotonic()
             state.step = step + 1
             state.cursor = cursor_at.pop(state.step, source.state())
-            now = time.time()
             values["time/step"] = time.perf_counter() - t0
-            values.update(idle_fractions(outputs, values.get("perf/learner_busy_seconds", 0.0),
-                                         window_start, now, len(self.pools.rollout_workers())))
-            window_start = now
+            values.update(idle.step(state.step, outputs, values.get("perf/learner_busy_seconds", 0.0),
+                                    len(self.pools.rollout_workers())))
             values["perf/rollout_tokens_per_s"] = info["rollout/tokens"] / max(t_rollout, 1e-9)
             values.update({f"accounting/{key}": n for key, n in state.accounting.items()})
             if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0 and state.step < total:
@@ -219,17 +217,37 @@ class TrainingLoop:
                                task=self.config.task.name)
 
 
-def idle_fractions(outputs: list[RolloutBatch], learner_busy: float, start: float, end: float,
-                   workers: int) -> dict:
-    """Idle shares of the learner and the rollout workers over the step's wall-clock window
-    [start, end] (time.time()). Rollout busy time is each batch's [started, finished] interval
-    clipped to the window (work for later steps that ran in this window counts when it is
-    collected, so an asynchronous step's first window under-counts it)."""
-    window = max(end - start, 1e-9)
-    busy = sum(max(0.0, min(o.finished, end) - max(o.started, start)) for o in outputs)
-    workers = max(workers, len({o.worker_id for o in outputs}), 1)
-    return {"perf/learner_idle": max(0.0, 1.0 - learner_busy / window),
-            "perf/rollout_idle": 1.0 - busy / (workers * window)}
+class IdleClock:
+    """Idle shares of the learner and the rollout workers, per step's wall-clock window.
+
+    The learner is busy inside its own step, so its share is known when the step ends. A rollout
+    batch that ran in a window may be collected up to `lag` (= max_staleness) steps later: the
+    rollout share of window w is computed once window w + lag has ended, from every collected
+    batch's [started, finished] interval (time.time() on the actor) clipped to window w, so it is
+    reported `lag` steps late (as `perf/rollout_idle_window`, the step it is for)."""
+
+    def __init__(self, lag: int, start: float | None = None) -> None:
+        self.lag = lag
+        self.windows: deque = deque()  # (step, start, end, workers)
+        self.intervals: list[tuple[float, float]] = []
+        self.start = time.time() if start is None else start
+
+    def step(self, step: int, outputs: list[RolloutBatch], learner_busy: float, workers: int,
+             now: float | None = None) -> dict:
+        end = time.time() if now is None else now
+        window = max(end - self.start, 1e-9)
+        values = {"perf/learner_idle": max(0.0, 1.0 - learner_busy / window)}
+        self.windows.append((step, self.start, end, max(workers, 1)))
+        self.intervals += [(o.started, o.finished) for o in outputs]
+        self.start = end
+        if len(self.windows) > self.lag:
+            done, lo, hi, n = self.windows.popleft()
+            busy = sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in self.intervals)
+            values["perf/rollout_idle"] = max(0.0, 1.0 - busy / (n * max(hi - lo, 1e-9)))
+            values["perf/rollout_idle_window"] = done
+            oldest = self.windows[0][1] if self.windows else end
+            self.intervals = [(a, b) for a, b in self.intervals if b > oldest]
+        return values
 
 
 def console_line(step: int, total: int, values: dict, started: float, start_step: int = 0) -> str:

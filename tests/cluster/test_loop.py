@@ -171,3 +171,21 @@ def test_weights_do_not_depend_on_the_number_of_rollout_workers(tmp_path):
     _, three, *_ = _run(tmp_path / "three", "trainer.max_staleness=1", workers=3)
     a, b = one.learner.weights.full(), three.learner.weights.full()
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_rollout_idle_is_counted_in_the_window_the_work_ran_in():
+    """Asynchronous (lag 1): the batch trained at step 2 was generated during step 1's window, so
+    step 1's rollout idle is known, and right, only once step 2 has collected it."""
+    from cluster.loop import IdleClock
+
+    def batch(start, end):
+        return RolloutBatch([], "rollout-0", start, end)
+
+    clock = IdleClock(lag=1, start=0.0)
+    first = clock.step(1, [batch(-3.0, -1.0)], learner_busy=9.0, workers=1, now=10.0)
+    assert first == {"perf/learner_idle": pytest.approx(0.1)}  # window 1 not complete yet
+    second = clock.step(2, [batch(2.0, 8.0)], learner_busy=5.0, workers=1, now=20.0)
+    assert second["perf/rollout_idle_window"] == 1 and second["perf/rollout_idle"] == pytest.approx(0.4)
+    assert second["perf/learner_idle"] == pytest.approx(0.5)
+    synchronous = IdleClock(lag=0, start=0.0).step(1, [batch(0.0, 2.5)], 5.0, workers=2, now=5.0)
+    assert synchronous["perf/rollout_idle"] == pytest.approx(0.75)  # 2.5 of 2 x 5 worker-seconds
