@@ -94,7 +94,7 @@ def test_killed_verifier_is_replaced(ray_local, tiny_run):
 
 
 def test_hung_verifier_is_replaced_at_its_deadline(ray_local, tiny_run):
-    config = tiny_run("hang-verifier", "trainer.total_steps=4", "trainer.rollout_timeout_s=15")
+    config = tiny_run("hang-verifier", "trainer.total_steps=4", "trainer.rollout_timeout_s=8")
     run = Background(config)
     run.wait_for_step(1)
     verifier = _actor(config, "verifier-0")
@@ -105,6 +105,7 @@ def test_hung_verifier_is_replaced_at_its_deadline(ray_local, tiny_run):
     assert _balanced(_steps(config.run_dir)[-1])
 
 
+@pytest.mark.extended  # scaling up onto a joining host: test_runs_across_hosts.py::test_b
 def test_scaling_mid_run(ray_local, tiny_run):
     config = tiny_run("scale", "trainer.total_steps=200", "rollout.num_cpus=0.25")
     run = Background(config)

@@ -56,7 +56,8 @@ def test_every_rollout_worker_samples_with_the_current_version(ray_local, tiny_r
         assert record["rollout/staleness_max"] == 0
 
 
-@pytest.mark.parametrize("learners", [(), ("learner.num_workers=2", "learner.sharding=fsdp")],
+@pytest.mark.parametrize("learners", [(), pytest.param(("learner.num_workers=2", "learner.sharding=fsdp"),
+                                                     marks=pytest.mark.extended)],
                          ids=["replicated", "sharded"])
 def test_async_mode_records_staleness(ray_local, tiny_run, learners):
     config = tiny_run("async", "trainer.max_staleness=1", "trainer.total_steps=3", *learners)
@@ -70,6 +71,7 @@ def test_async_mode_records_staleness(ray_local, tiny_run, learners):
     assert last["accounting/generated"] == last["accounting/trained"] + last.get("accounting/dropped/run_ended", 0)
 
 
+@pytest.mark.extended  # without Ray: tests/learner/test_learner_distributed.py (2 gloo ranks = 1)
 def test_two_learners_make_the_same_update_as_one(ray_local, tiny_run):
     weights = {}
     for ranks in (1, 2):
@@ -84,6 +86,7 @@ def test_two_learners_make_the_same_update_as_one(ray_local, tiny_run):
     assert start is not None
 
 
+@pytest.mark.extended  # without Ray: tests/learner/test_learner_fsdp.py (sharded = replicated, state reload)
 def test_sharded_learners_train_and_resume_like_one_replica(ray_local, tiny_run):
     # Two FSDP ranks (warm start included) make the updates of one replicated rank, and a run
     # resumed under FSDP from the replicated run's checkpoint continues it exactly: the
