@@ -29,7 +29,8 @@ from dllm.causal import CausalPolicy
 from dllm.padding import left_pad
 from dllm.weights import WeightBucket, load_buckets_into
 from rollout.types import Rollout
-from rollout.worker import check_state_dict, sample_seed
+from rollout.worker import call_seed as rollout_call_seed
+from rollout.worker import check_generate_args, check_state_dict, sample_seed
 
 
 @dataclass(frozen=True)
@@ -114,15 +115,6 @@ def make_rollout(
         logprobs=padded_logprobs,
         num_tokens=n_real,
     )
-
-
-def check_generate_args(n: int, group_size: int, **seqs: Sequence | None) -> None:
-    """Raise ValueError naming the argument whose length does not match the prompts."""
-    if group_size <= 0:
-        raise ValueError(f"group_size must be positive, got {group_size}")
-    for name, seq in seqs.items():
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{len(seq)} {name} for {n} prompts")
 
 
 @torch.no_grad()
@@ -262,7 +254,7 @@ class CausalSampler:
         rollouts: list[CausalRollout | None] = [None] * len(jobs)
         with self._lock:
             self._calls += 1
-            call_seed = int(seed) if seed is not None else sample_seed(self.seed, self.worker_id, self._calls)
+            call_seed = rollout_call_seed(seed, self.seed, self.worker_id, self._calls)
             for first in range(0, len(order), self.micro_batch_size):
                 picked = order[first : first + self.micro_batch_size]
                 chunk = [jobs[k] for k in picked]

@@ -35,14 +35,10 @@ import numpy as np
 import torch
 
 from dllm.weights import WeightBucket, state_from_buckets
-from rollout.causal_sampler import (
-    CausalRollout,
-    CausalSamplingConfig,
-    check_generate_args,
-    make_rollout,
-)
+from rollout.causal_sampler import CausalRollout, CausalSamplingConfig, make_rollout
 from rollout.vllm_engine import recv_message, send_message
-from rollout.worker import sample_seed
+from rollout.worker import call_seed as rollout_call_seed
+from rollout.worker import check_generate_args, sample_seed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
@@ -305,7 +301,7 @@ class VLLMRolloutClient:
         seconds, versions = 0.0, set()
         with self._lock:  # one version for the whole call: no load between its chunks
             self._calls += 1
-            call_seed = int(seed) if seed is not None else sample_seed(self.seed, self.worker_id, self._calls)
+            call_seed = rollout_call_seed(seed, self.seed, self.worker_id, self._calls)
             for chunk in _token_chunks([len(prompts[i]) for i, _ in jobs], self.max_batch_tokens):
                 picked = [jobs[k] for k in chunk]
                 seeds = [sample_seed(call_seed, group_ids[i], j) for i, j in picked]

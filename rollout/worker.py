@@ -38,6 +38,21 @@ def sample_seed(call_seed: int, group_id: Any, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def check_generate_args(n: int, group_size: int, **seqs: Sequence | None) -> None:
+    """Raise ValueError naming the argument whose length does not match the n prompts (shared by
+    every sampler: RolloutWorker, the causal samplers)."""
+    if group_size <= 0:
+        raise ValueError(f"group_size must be positive, got {group_size}")
+    for name, seq in seqs.items():
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{len(seq)} {name} for {n} prompts")
+
+
+def call_seed(seed: int | None, worker_seed: int, worker_id: str, calls: int) -> int:
+    """A call's seed: the given one, or a fresh one per call derived from the worker's seed."""
+    return int(seed) if seed is not None else sample_seed(worker_seed, worker_id, calls)
+
+
 def check_state_dict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Fail, naming the tensor, unless `state_dict` covers the module's state exactly."""
     target = module.state_dict()
@@ -133,39 +148,26 @@ class RolloutWorker:
         this call (the cluster's evaluation requests decode greedily). `seed=None` draws a fresh seed per call from the
         worker seed, so repeated calls give new samples and a fixed `seed` reproduces a call.
         """
-        if group_size <= 0:
-            raise ValueError(f"group_size must be positive, got {group_size}")
         n = len(prompts)
+        check_generate_args(n, group_size, group_ids=group_ids, metadata=metadata, item_indices=item_indices)
         group_ids = list(range(n)) if group_ids is None else list(group_ids)
-        for name, seq in (
-            ("group_ids", group_ids),
-            ("metadata", metadata),
-            ("item_indices", item_indices),
-        ):
-            if seq is not None and len(seq) != n:
-                raise ValueError(f"{len(seq)} {name} for {n} prompts")
         jobs = [(i, j) for i in range(n) for j in range(group_size)]
         # Micro-batches of similar prompt lengths pad less; samples do not depend on their batch.
         order = sorted(range(len(jobs)), key=lambda k: len(prompts[jobs[k][0]]))
         rollouts: list[Rollout | None] = [None] * len(jobs)
         sampling = sampling or self.sampling
         with self._lock:
-            call_seed = self._call_seed(seed)
+            self._calls += 1
+            seed_of_call = call_seed(seed, self.seed, self.worker_id, self._calls)
             for first in range(0, len(order), self.micro_batch_size):
                 picked = order[first : first + self.micro_batch_size]
                 chunk = [jobs[k] for k in picked]
                 made = self._micro_batch(
-                    chunk, prompts, group_ids, call_seed, metadata, item_indices, sampling
+                    chunk, prompts, group_ids, seed_of_call, metadata, item_indices, sampling
                 )
                 for k, rollout in zip(picked, made, strict=True):
                     rollouts[k] = rollout
         return rollouts
-
-    def _call_seed(self, seed: int | None) -> int:
-        self._calls += 1
-        if seed is not None:
-            return int(seed)
-        return sample_seed(self.seed, self.worker_id, self._calls)
 
     def _micro_batch(
         self, chunk, prompts, group_ids, call_seed, metadata, item_indices, sampling
