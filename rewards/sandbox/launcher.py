@@ -1,7 +1,8 @@
 """Build the command lines that start the code harness: prlimit -> bwrap -> python -I -S harness.
 
 This module only builds argv lists and stages files (the harness, compiled once per process by
-the sandbox's interpreter); it starts nothing (supervisor.py and warm.py do).
+the sandbox's interpreter, and the directory the private /tmp is mounted on); it starts nothing
+(supervisor.py and warm.py do).
 
 The sandbox recipe (rewards.md section 3): prlimit caps address space, processes, file size, open
 files, CPU time and core dumps; bwrap unshares every namespace (user, pid, net, ipc, uts, cgroup,
@@ -9,6 +10,10 @@ mount), drops all capabilities, forbids nested user namespaces, starts a new ses
 our terminal), runs the harness as pid 1 (so bwrap's helper never exposes the host environment and
 the whole sandbox dies when the harness exits), with a cleared environment, read-only /usr, a
 size-capped tmpfs /tmp (the only writable place) and nothing else from the host: no /etc, no /home, no project directory.
+With the memory cgroup (memory.py, root mode) the process that execs prlimit has already joined
+the run's cgroup and made the run's IPC namespace (with limits) and a mount namespace holding
+an inode-capped tmpfs: bwrap is then told to unshare every namespace but IPC, and binds that
+tmpfs as /tmp instead of making its own (`tmp_bind`).
 
 Which Python runs inside: by default the system interpreter /usr/bin/python3. It lives under /usr,
 which is bound anyway, so it adds nothing to what the sandbox sees, and it is readable by the
@@ -51,6 +56,16 @@ class SandboxConfig:
     fsize_bytes: int = 16 << 20  # RLIMIT_FSIZE: one huge file gets SIGXFSZ/EFBIG
     nofile: int = 256  # RLIMIT_NOFILE: fd exhaustion stays inside the sandbox
     tmpfs_bytes: int = 64 << 20  # size of the private /tmp (filling it gives ENOSPC)
+    # The memory cgroup (rewards/sandbox/memory.py; root mode). memory_bytes bounds a whole RUN:
+    # all its processes and threads together, anonymous memory, page cache, tmpfs/memfd/SysV shm
+    # pages and kernel memory (inodes, page tables, pipes). Past it the run is killed, scores 0.
+    memory_bytes: int = 1 << 30
+    tmp_inodes: int = 8192  # nr_inodes of /tmp: an empty-file flood gets ENOSPC
+    shm_bytes: int = 64 << 20  # kernel.shmmax/shmall of the run's IPC namespace (SysV shm)
+    cgroup_root: str | None = None  # where bgpo-sandbox/ goes; None: our own memory cgroup
+    # Opt-out (also BGPO_SANDBOX_ALLOW_NO_MEMORY_CGROUP=1): where no memory cgroup is writable,
+    # run bounded by the rlimits alone instead of failing closed (sandbox_unavailable).
+    allow_no_memory_cgroup: bool = False
     uid_base: int = 200_000  # first uid of the pool used when running as root
     uid_count: int = 1_000  # pool size; uids rotate so a uid is reused as late as possible
     stdout_cap: int = 1 << 20  # bytes of harness stdout kept; more is treated as an attack
@@ -138,6 +153,21 @@ def staged_harness(python: str | None = None) -> str:
         return path
 
 
+def tmp_mountpoint() -> str:
+    """A root-owned, empty directory that each run's private tmpfs is mounted on (memory.py).
+
+    The mount exists only in the run's own mount namespace, so one directory serves every run at
+    once; on the host it stays empty. It sits in the staging directory, which any uid can
+    traverse (bwrap binds it as the pool uid).
+    """
+    staged_harness()
+    path = os.path.join(_stage_dir, "tmp")
+    with _stage_lock:
+        if not os.path.isdir(path):
+            os.mkdir(path, 0o755)
+    return path
+
+
 def prlimit_args(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> list[str]:
     """The prlimit prefix; limits are inherited by bwrap and everything it starts."""
     cpu = max(1, math.ceil(cpu_seconds))
@@ -147,18 +177,27 @@ def prlimit_args(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> li
 
 
 def bwrap_args(config: SandboxConfig, *, uid: int, harness: str, python: str,
-               binds: list[str]) -> list[str]:
-    """bwrap with every namespace unshared and only /usr, the harness and a tmpfs visible."""
+               binds: list[str], tmp_bind: str | None = None) -> list[str]:
+    """bwrap with every namespace unshared and only /usr, the harness and a tmpfs visible.
+
+    tmp_bind: the caller has made the IPC namespace and mounted this tmpfs (memory.py): keep the
+    IPC namespace and bind the tmpfs as /tmp.
+    """
     inside = f"{HARNESS_DIR_INSIDE}/code_harness{os.path.splitext(harness)[1]}"  # .pyc or .py
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    if tmp_bind is None:
+        unshare = ["--unshare-all"]
+        tmp = ["--size", str(config.tmpfs_bytes), "--tmpfs", "/tmp"]
+    else:
+        unshare = ["--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        tmp = ["--bind", tmp_bind, "/tmp"]
+    args = ["bwrap", *unshare, "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--as-pid-1", "--unshare-user", "--uid", str(uid), "--gid", str(uid),
             "--disable-userns",
             "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
             "--proc", "/proc", "--dev", "/dev",
-            "--size", str(config.tmpfs_bytes), "--tmpfs", "/tmp",
-            "--ro-bind", harness, inside]
+            *tmp, "--ro-bind", harness, inside]
     for prefix in binds:
         args += ["--ro-bind", prefix, prefix]
     # bwrap's root and /dev are tmpfs mounts with no size cap: left writable, files there would
@@ -170,11 +209,14 @@ def bwrap_args(config: SandboxConfig, *, uid: int, harness: str, python: str,
     return args
 
 
-def sandbox_argv(config: SandboxConfig, *, uid: int, cpu_seconds: float, nproc: int) -> list[str]:
-    """Full argv of one sandboxed harness run (uid: the uid seen inside the sandbox)."""
+def sandbox_argv(config: SandboxConfig, *, uid: int, cpu_seconds: float, nproc: int,
+                 tmp_bind: str | None = None) -> list[str]:
+    """Full argv of one sandboxed harness run (uid: the uid seen inside the sandbox; tmp_bind:
+    see bwrap_args)."""
     python, binds = pick_interpreter(config)
     return prlimit_args(config, cpu_seconds=cpu_seconds, nproc=nproc) + bwrap_args(
-        config, uid=uid, harness=staged_harness(python), python=python, binds=binds)
+        config, uid=uid, harness=staged_harness(python), python=python, binds=binds,
+        tmp_bind=tmp_bind)
 
 
 def unsandboxed_argv(config: SandboxConfig, *, cpu_seconds: float, nproc: int) -> list[str]:

@@ -18,6 +18,13 @@ Modes, chosen once per process:
   user can. Results carry extra["sandboxed"] = False.
 Fail closed: without a sandbox and without the opt-in, the status is `sandbox_unavailable`.
 
+Memory (memory.py): in root mode each run gets its own memory cgroup (SandboxConfig.memory_bytes
+for the whole run), IPC namespace limits and an inode-capped /tmp; a run that passes the limit
+is killed and scores 0 (status `wrong`, detail "memory limit: ..."). Where no memory cgroup is
+writable (and always when not root) the probe fails, so runs are `sandbox_unavailable`, unless
+SandboxConfig.allow_no_memory_cgroup or BGPO_SANDBOX_ALLOW_NO_MEMORY_CGROUP=1 accepts the
+rlimits-only bound. The probe's reason names the memory mode.
+
 Sandboxed runs take a sandbox started ahead of time (warm.py; SandboxConfig.prestart = 0 turns
 that off): the deadline and CodeRunResult.seconds count from when the job is written to it.
 """
@@ -37,7 +44,14 @@ import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from rewards.sandbox.launcher import SandboxConfig, bwrap_version, sandbox_argv, unsandboxed_argv
+from rewards.sandbox.launcher import (
+    SandboxConfig,
+    bwrap_version,
+    sandbox_argv,
+    tmp_mountpoint,
+    unsandboxed_argv,
+)
+from rewards.sandbox.memory import OPT_OUT_ENV, Confinement, MemoryCgroups, confine, opted_out
 from rewards.sandbox.strict_rewrite import strict_test_source
 from rewards.sandbox.supervisor import ProcessOutcome, run_process, spawn_async, supervise
 from rewards.sandbox.uid_pool import UidLease, UidPool, pids_of_uid
@@ -69,6 +83,7 @@ class CodeSandbox:
         self.config = config or SandboxConfig()
         self.is_root = os.geteuid() == 0
         self.pool = UidPool(self.config.uid_base, self.config.uid_count) if self.is_root else None
+        self.cgroups: MemoryCgroups | None = None  # set by the probe when memory is bounded
         self.warm = WarmPool(self.config.prestart, self._start, self._release)
         # The pool refers back to this sandbox, so this runs at interpreter exit at the latest.
         weakref.finalize(self, self.warm.close)
@@ -101,6 +116,9 @@ class CodeSandbox:
         version = bwrap_version()
         if version < (0, 8):  # --disable-userns and --size (capped /tmp) need bubblewrap 0.8
             return False, f"bubblewrap >= 0.8 needed, found {'.'.join(map(str, version))}"
+        ok, memory = self._probe_memory()
+        if not ok:
+            return False, memory
         try:
             job = {"code": "x = 41 + 1\n", "tests": [strict_test_source("assert x == 42")]}
             res = self._run_sandboxed(job, 10.0, prestart=False)
@@ -108,7 +126,28 @@ class CodeSandbox:
             return False, f"probe failed to start: {type(e).__name__}: {e}"
         if res.status != "ok":
             return False, f"probe job did not pass ({res.status}): {res.detail}"
-        return True, "mode=" + ("root uid pool" if self.is_root else "user")
+        return True, "mode=" + ("root uid pool" if self.is_root else "user") + "; " + memory
+
+    def _probe_memory(self) -> tuple[bool, str]:
+        """(usable, the memory mode or why none is usable); sets self.cgroups when bounded."""
+        cfg = self.config
+        try:
+            if not self.is_root:
+                raise OSError("not root: cannot make the per-run cgroups and namespaces")
+            cgroups = MemoryCgroups(cfg.memory_bytes, cfg.cgroup_root)
+            cgroups.check()
+        except OSError as e:
+            if opted_out(cfg.allow_no_memory_cgroup):
+                self.cgroups = None
+                return True, (f"memory=rlimits only ({OPT_OUT_ENV} / allow_no_memory_cgroup "
+                              f"set; no memory cgroup: {e})")
+            return False, (f"memory cgroup unavailable: {e}; code runs fail closed (set "
+                           f"{OPT_OUT_ENV}=1 or SandboxConfig(allow_no_memory_cgroup=True) to run "
+                           f"bounded by rlimits only)")
+        self.cgroups = cgroups
+        return True, (f"memory=cgroup v1 {cfg.memory_bytes >> 20} MiB per run at "
+                      f"{cgroups.parent}; /tmp {cfg.tmpfs_bytes >> 20} MiB, {cfg.tmp_inodes} "
+                      f"inodes; SysV shm {cfg.shm_bytes >> 20} MiB")
 
     # ----- running --------------------------------------------------------------------------
     def run(self, code: str, tests: list[str], *, deadline_s: float,
@@ -134,9 +173,17 @@ class CodeSandbox:
     def _run_sandboxed(self, job: dict, deadline_s: float, *, prestart: bool = True) -> CodeRunResult:
         started = self.warm.take(math.ceil(deadline_s + _CPU_SLACK_S), refill=prestart)
         lease, emptied = started.lease, False
+        cgroup = getattr(lease, "cgroup", None)
         try:
             result = self._execute(started.proc, job, deadline_s,
-                                   extra={} if lease is None else {"uid": lease.uid})
+                                   extra={} if lease is None else {"uid": lease.uid},
+                                   watch=None if cgroup is None else cgroup.oom_kills)
+            if cgroup is not None:  # past the limit: killed, and scored 0 whatever it printed
+                result.extra["memory_peak_bytes"] = cgroup.peak()
+                over = cgroup.over_limit()
+                if over:
+                    result.status, result.passed, result.detail = "wrong", 0, over
+                    result.extra["memory_limit"] = True
             # bwrap (--as-pid-1) exits 0 only after reaping the harness, pid 1 of the sandbox's
             # pid namespace, which exited 0. The kernel kills every other process of that
             # namespace and waits for all of them to be gone before pid 1 can be reaped, and no
@@ -160,15 +207,33 @@ class CodeSandbox:
                                             nproc=nproc)), None
         lease = self.pool.acquire()  # sweeps a uid that a crashed verifier left dirty
         try:
-            argv = sandbox_argv(cfg, uid=lease.uid, cpu_seconds=cpu_seconds, nproc=cfg.nproc)
-            return spawn_async(argv, user=lease.uid), lease
+            if self.cgroups is None:  # rlimits only (opted out, see _probe_memory)
+                argv = sandbox_argv(cfg, uid=lease.uid, cpu_seconds=cpu_seconds, nproc=cfg.nproc)
+                return spawn_async(argv, user=lease.uid), lease
+            # Forked as root: joins the run's cgroup, makes its IPC and mount namespaces, then
+            # becomes the pool uid, all before prlimit, bwrap or the harness start (memory.py).
+            lease.cgroup = self.cgroups.create()
+            mnt = tmp_mountpoint()
+            argv = sandbox_argv(cfg, uid=lease.uid, cpu_seconds=cpu_seconds, nproc=cfg.nproc,
+                                tmp_bind=mnt)
+            preexec = confine(Confinement(
+                procs=lease.cgroup.procs, uid=lease.uid, tmp_dir=mnt, tmp_bytes=cfg.tmpfs_bytes,
+                tmp_inodes=cfg.tmp_inodes, shm_bytes=cfg.shm_bytes))
+            return spawn_async(argv, preexec=preexec), lease
         except BaseException:
-            self.pool.release(lease)
+            self._release(lease, False)
             raise
 
     def _release(self, lease: UidLease | None, known_clean: bool) -> bool:
-        """Give the uid back (swept unless known_clean); True if it has no process left."""
-        return lease is None or self.pool.release(lease, known_clean=known_clean)
+        """Give the uid back (swept unless known_clean) and remove the run's cgroup; True if the
+        uid has no process left."""
+        if lease is None:
+            return True
+        clean = self.pool.release(lease, known_clean=known_clean)
+        cgroup, lease.cgroup = lease.cgroup, None
+        if cgroup is not None:  # after the sweep: the run's processes are gone
+            self.cgroups.release(cgroup)
+        return clean
 
     def _run_unsandboxed(self, job: dict, deadline_s: float, reason: str) -> CodeRunResult:
         cfg = self.config
@@ -192,11 +257,11 @@ class CodeSandbox:
         return result
 
     def _execute(self, proc: subprocess.Popen, job: dict, deadline_s: float, *,
-                 extra: dict) -> CodeRunResult:
+                 extra: dict, watch=None) -> CodeRunResult:
         nonce = secrets.token_hex(16)  # 128 bits: never guessable, fresh for every run
         data = marshal.dumps(dict(job, nonce=nonce), 4)  # format 4: readable by Python >= 3.4
         outcome = supervise(proc, data, deadline_s=deadline_s, stdout_cap=self.config.stdout_cap,
-                            stderr_cap=self.config.stderr_cap)
+                            stderr_cap=self.config.stderr_cap, watch=watch)
         return self._judge(outcome, nonce, job, extra)
 
     @staticmethod

@@ -5,7 +5,8 @@ the child does: it never blocks on a full stdin pipe, never waits for EOF that a
 the pipes would withhold, and keeps at most `stdout_cap`/`stderr_cap` bytes. At the end it SIGKILLs
 the child's whole process group. `run_process` is `spawn` then `supervise`; a caller may spawn
 ahead of time (`spawn_async`: the child starts and blocks reading its stdin) and supervise later,
-the deadline counting from `supervise`.
+the deadline counting from `supervise`. `supervise` also polls an optional `watch` (the run's
+memory cgroup, say) and kills the child as soon as it says so.
 
 Two subtleties:
 - Children are spawned from ONE long-lived thread. bwrap's --die-with-parent uses the parent-death
@@ -27,11 +28,13 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 _EXIT_GRACE_S = 0.2  # after the child exits, how long to wait for pipe EOF from its descendants
 _STDERR_DRAIN_FACTOR = 16  # stderr beyond stderr_cap * this is treated as an output flood
+_WATCH_EVERY_S = 0.02  # how often `watch` is polled (a cgroup file read: about 20 us)
 
 
 @dataclass
@@ -82,23 +85,30 @@ def _get_spawner() -> _Spawner:
         return _spawner
 
 
-def _popen_kwargs(user: int | None, env: dict | None) -> dict:
+def _popen_kwargs(user: int | None, env: dict | None, preexec: Callable | None) -> dict:
     kwargs: dict = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                         start_new_session=True, close_fds=True, cwd="/",
                         env=env if env is not None else {"PATH": "/usr/bin:/bin"})
     if user is not None:
         kwargs.update(user=user, group=user, extra_groups=[])
+    if preexec is not None:  # runs in the child after setsid (and after user=, if given)
+        kwargs.update(preexec_fn=preexec)
     return kwargs
 
 
-def spawn_async(argv: list[str], *, user: int | None = None, env: dict | None = None) -> Future:
-    """Start argv (as `user` if given, root only) on the spawner thread; a Future of its Popen."""
-    return _get_spawner().submit(argv, **_popen_kwargs(user, env))
+def spawn_async(argv: list[str], *, user: int | None = None, env: dict | None = None,
+                preexec: Callable | None = None) -> Future:
+    """Start argv (as `user` if given, root only) on the spawner thread; a Future of its Popen.
+
+    preexec: a Popen preexec_fn (memory.confine: join the cgroup, namespaces, drop to the uid).
+    """
+    return _get_spawner().submit(argv, **_popen_kwargs(user, env, preexec))
 
 
-def spawn(argv: list[str], *, user: int | None = None, env: dict | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], *, user: int | None = None, env: dict | None = None,
+          preexec: Callable | None = None) -> subprocess.Popen:
     """spawn_async, waited for: the started child, its three pipes open."""
-    return spawn_async(argv, user=user, env=env).result()
+    return spawn_async(argv, user=user, env=env, preexec=preexec).result()
 
 
 def _exited(pid: int) -> bool:
@@ -127,13 +137,18 @@ def run_process(argv: list[str], stdin: bytes, *, deadline_s: float, user: int |
 
 def supervise(proc: subprocess.Popen, stdin: bytes, *, deadline_s: float,
               stdout_cap: int = 1 << 20, stderr_cap: int = 64 << 10,
-              start: float | None = None) -> ProcessOutcome:
+              start: float | None = None,
+              watch: Callable[[], bool] | None = None) -> ProcessOutcome:
     """Feed `stdin` to a spawned child and collect its output until it exits or the deadline
-    (counted from `start`, default now) passes; then kill its process group and reap it."""
+    (counted from `start`, default now) passes; then kill its process group and reap it.
+
+    watch: polled every _WATCH_EVERY_S while the child runs; True stops the run at once (the
+    caller knows why: the outcome is neither timed out nor overflowed).
+    """
     start = time.monotonic() if start is None else start
     try:
         out, err, timed_out, overflow = _pump(proc, stdin, start + deadline_s, stdout_cap,
-                                              stderr_cap)
+                                              stderr_cap, watch)
     finally:
         discard(proc)
     return ProcessOutcome(proc.returncode, out, err, timed_out, overflow,
@@ -155,8 +170,8 @@ def discard(proc: subprocess.Popen) -> None:
 
 
 def _pump(proc: subprocess.Popen, data: bytes, end: float, stdout_cap: int,
-          stderr_cap: int) -> tuple[bytes, bytes, bool, bool]:
-    """Feed stdin and drain stdout/stderr until EOF, the deadline, or an output flood."""
+          stderr_cap: int, watch: Callable[[], bool] | None) -> tuple[bytes, bytes, bool, bool]:
+    """Feed stdin and drain stdout/stderr until EOF, the deadline, an output flood, or `watch`."""
     sel = selectors.DefaultSelector()
     out, err = bytearray(), bytearray()
     err_total = 0
@@ -170,16 +185,22 @@ def _pump(proc: subprocess.Popen, data: bytes, end: float, stdout_cap: int,
     sel.register(proc.stdout, selectors.EVENT_READ)
     sel.register(proc.stderr, selectors.EVENT_READ)
     exit_seen: float | None = None
+    next_watch = time.monotonic() + _WATCH_EVERY_S
     try:
         while sel.get_map():
             now = time.monotonic()
             if now >= end:
                 return bytes(out), bytes(err), True, False
+            if watch is not None and now >= next_watch:
+                if watch():
+                    return bytes(out), bytes(err), False, False
+                next_watch = now + _WATCH_EVERY_S
             if exit_seen is None and _exited(proc.pid):
                 exit_seen = now
             if exit_seen is not None and now - exit_seen > _EXIT_GRACE_S:
                 break  # a descendant outside our reach holds the pipes; stop waiting for it
-            for key, _ in sel.select(min(end - now, 0.05)):
+            wait = min(end - now, 0.05 if watch is None else _WATCH_EVERY_S)
+            for key, _ in sel.select(wait):
                 pipe = key.fileobj
                 if pipe is proc.stdin:
                     try:

@@ -77,6 +77,7 @@ class UidLease:
     def __init__(self, uid: int, fd: int) -> None:
         self.uid = uid
         self._fd = fd
+        self.cgroup = None  # the run's memory cgroup (memory.RunCgroup), set by the runner
 
     def close(self, *, clean: bool) -> None:
         if self._fd >= 0:
