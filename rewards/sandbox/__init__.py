@@ -8,8 +8,9 @@ Public API:
 
 Modules: launcher (prlimit/bwrap argv, interpreter choice, precompiled harness), supervisor
 (deadline, output caps, process-group kill), uid_pool (fresh uid per run, sweep), warm (the next
-sandbox started while the current run goes on), runner (nonce protocol, verdicts, modes, when a
-uid needs no sweep), strict_rewrite (host-side AST rewrite of test code). The harness that runs
+sandbox started while the current run goes on), memory (a memory cgroup per run, IPC namespace
+limits, inode-capped /tmp), runner (nonce protocol, verdicts, modes, when a uid needs no sweep),
+strict_rewrite (host-side AST rewrite of test code). The harness that runs
 inside is rewards/code_harness.py.
 
 What the sandbox protects against (each has a test in tests/rewards/test_hostile_code.py): fork and
@@ -17,9 +18,14 @@ thread bombs, infinite loops, sleeps, memory hogs, writes outside the sandbox, f
 files, network access, reading host secrets (environment, other processes, /etc/shadow, the
 project), signalling host processes, huge output, fake exit codes and pass markers, AlwaysEqual
 objects, daemons, segfaults, fd exhaustion, recursion, reading stdin, shells and namespaces.
+Memory is bounded per RUN, not only per process (tests/rewards/test_memory_bounds.py): in root
+mode every run has its own memory cgroup (SandboxConfig.memory_bytes, 1 GiB: all its processes,
+memfds, SysV and tmpfs pages and kernel memory together; past it the run is killed and scores
+0), IPC namespace limits and a /tmp capped in size and inodes; where no memory cgroup is
+writable, code runs fail closed unless BGPO_SANDBOX_ALLOW_NO_MEMORY_CGROUP=1 (see memory.py).
 What it does NOT protect against: kernel exploits (it shares the host kernel; no seccomp filter
-is installed), CPU/memory contention with the host beyond the rlimits (no cgroups: a run may use
-a full core and up to 1 GiB of address space per process, times the number of processes), and
+is installed), CPU contention with the host beyond RLIMIT_CPU (no CPU cgroup: a run may use a
+full core per process), TCP buffers beyond a soft per-run cap (see memory.py), and
 candidate code that introspects the harness's own process to forge its per-test reports (see
 rewards/code_harness.py). Not root: see rewards/sandbox/runner.py for what is weaker.
 """

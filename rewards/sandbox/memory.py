@@ -35,11 +35,13 @@ with the reason, unless the operator opts out with SandboxConfig(allow_no_memory
 or BGPO_SANDBOX_ALLOW_NO_MEMORY_CGROUP=1: then runs are bounded by the rlimits alone, as
 before, and the probe says so ("memory=rlimits only").
 
-What it does NOT bound: socket buffers (cgroup v1 charges TCP memory to a separate counter and
-does not charge unix-socket queues; the sandbox has only loopback, and RLIMIT_NOFILE caps the
-sockets per process), memory the kernel spends on the run's namespaces and processes before
-the cgroup join (a few pages), and unsandboxed runs (allow_unsandboxed=True). Only cgroup v1 is
-implemented; a v2-only host fails closed.
+TCP buffers (the sandbox has loopback only) are charged by cgroup v1 to a counter of their own,
+capped at _TCP_BYTES per run; unix-socket queues are charged to the run's memory.
+
+What it does NOT bound: TCP buffers exactly (their cap is pressure, not a hard limit, and is not
+part of memory_bytes), memory the kernel spends on the run's processes before the cgroup join (a
+few pages), and unsandboxed runs (allow_unsandboxed=True). Only cgroup v1 is implemented; a
+v2-only host fails closed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ _CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
 _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
 _SETUP_FAILED = 125  # exit status of a sandbox whose confinement step failed (reason on stderr)
 _SHMMNI, _MSGMNI = 32, 32  # SysV segments / message queues per run (a test needs none)
+# cgroup v1 counts TCP buffers apart from memory.usage; without a cap 400 loopback connections
+# queued 1.5 GiB charged nowhere. The cap works as pressure (sends shrink to a minimum per
+# socket), not a hard stop: with 32 MiB, the same 400 connections held 58 MiB at most.
+_TCP_BYTES = 32 << 20
+_SEQ = itertools.count()  # run cgroup names are unique across every sandbox of this process
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.unshare.argtypes = [ctypes.c_int]
@@ -166,7 +173,6 @@ class MemoryCgroups:
         self.limit = limit_bytes
         self._root_override = root
         self.parent: str | None = None
-        self._seq = itertools.count()
         self._lock = threading.Lock()
         self._leftover: list[RunCgroup] = []  # could not be removed yet: retried on each release
         self._memsw = False
@@ -183,6 +189,7 @@ class MemoryCgroups:
             raise OSError(f"{parent} is not a v1 memory cgroup (no memory.limit_in_bytes)")
         self.parent = parent
         self._memsw = os.path.exists(os.path.join(parent, "memory.memsw.limit_in_bytes"))
+        self._tcp = os.path.exists(os.path.join(parent, "memory.kmem.tcp.limit_in_bytes"))
         self._sweep_stale()
         probe = self.create()  # the limit must be settable, not just the folder creatable
         if not probe.remove():
@@ -191,12 +198,14 @@ class MemoryCgroups:
     def create(self) -> RunCgroup:
         """A new, empty cgroup with the run's limit (memory first: memsw may never be below it)."""
         assert self.parent is not None, "check() first"
-        path = os.path.join(self.parent, f"run-{os.getpid()}-{next(self._seq)}")
+        path = os.path.join(self.parent, f"run-{os.getpid()}-{next(_SEQ)}")
         os.mkdir(path)
         try:
             _write(os.path.join(path, "memory.limit_in_bytes"), str(self.limit))
             if self._memsw:
                 _write(os.path.join(path, "memory.memsw.limit_in_bytes"), str(self.limit))
+            if self._tcp:
+                _write(os.path.join(path, "memory.kmem.tcp.limit_in_bytes"), str(_TCP_BYTES))
         except OSError:
             os.rmdir(path)
             raise

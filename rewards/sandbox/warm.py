@@ -7,13 +7,15 @@ sandbox only when its run begins leaves a core idle for that long. The pool star
 sandbox while the current run goes on, and hands it to the next caller already waiting for its job.
 
 What stays as without the pool: every run gets a sandbox started for it alone (fresh namespaces,
-a fresh process tree, its own freshly leased uid); nothing of a sandbox is reused after its run.
+a fresh process tree, its own freshly leased uid and, in root mode, its own memory cgroup, which
+the sandbox joined before it started: see memory.py); nothing of a sandbox is reused after its
+run.
 The job, nonce included, reaches a sandbox only when its run begins, and the harness forks its
 worker before reading it (rewards/code_harness.py), as before.
 
 Self-sizing: each `take` starts one replacement, so the pool holds about one sandbox per caller
 running at the same time, never more than `limit` (waiting and starting, all keys together). A
-sandbox keeps its uid leased while it waits. A key is the CPU-seconds limit that prlimit fixed at
+sandbox keeps its uid leased (and its cgroup) while it waits. A key is the CPU-seconds limit that prlimit fixed at
 start, i.e. the deadline; a full pool makes room by evicting a sandbox of another key.
 
 What it does NOT do: restart sandboxes that died while waiting (they are discarded when found),
