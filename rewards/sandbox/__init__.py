@@ -45,7 +45,8 @@ def sandbox_available() -> bool:
 
 
 def sandbox_availability() -> tuple[bool, str]:
-    """(works, reason): the mode ("root uid pool" / "user") or why the probe failed."""
+    """(works, reason): the mode ("root uid pool" / "user") and the memory bound ("memory=cgroup
+    v1 ..." / "memory=rlimits only ..."), or why the probe failed."""
     return default_sandbox().availability()
 
 

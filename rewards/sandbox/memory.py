@@ -117,8 +117,8 @@ def _read(path: str) -> str:
 class RunCgroup:
     """The memory cgroup of one run: created with its limit, read after the run, then removed."""
 
-    def __init__(self, path: str, limit: int) -> None:
-        self.path, self.limit = path, limit
+    def __init__(self, path: str, limit: int, owner: MemoryCgroups) -> None:
+        self.path, self.limit, self.owner = path, limit, owner
         self.procs = os.path.join(path, "cgroup.procs")
 
     def oom_kills(self) -> int:
@@ -127,6 +127,10 @@ class RunCgroup:
             if line.startswith("oom_kill "):
                 return int(line.split()[1])
         return 0
+
+    def oom_killed(self) -> bool:
+        """The supervisor's watch: True once the kernel killed a process of the run."""
+        return self.oom_kills() > 0
 
     def peak(self) -> int:
         """Most bytes charged to the run at any moment (user and kernel memory together)."""
@@ -209,7 +213,7 @@ class MemoryCgroups:
         except OSError:
             os.rmdir(path)
             raise
-        return RunCgroup(path, self.limit)
+        return RunCgroup(path, self.limit, self)
 
     def release(self, cg: RunCgroup) -> None:
         """Remove a run's cgroup once its processes are gone (and any left from before)."""

@@ -177,7 +177,7 @@ class CodeSandbox:
         try:
             result = self._execute(started.proc, job, deadline_s,
                                    extra={} if lease is None else {"uid": lease.uid},
-                                   watch=None if cgroup is None else cgroup.oom_kills)
+                                   watch=None if cgroup is None else cgroup.oom_killed)
             if cgroup is not None:  # past the limit: killed, and scored 0 whatever it printed
                 result.extra["memory_peak_bytes"] = cgroup.peak()
                 over = cgroup.over_limit()
@@ -232,7 +232,7 @@ class CodeSandbox:
         clean = self.pool.release(lease, known_clean=known_clean)
         cgroup, lease.cgroup = lease.cgroup, None
         if cgroup is not None:  # after the sweep: the run's processes are gone
-            self.cgroups.release(cgroup)
+            cgroup.owner.release(cgroup)
         return clean
 
     def _run_unsandboxed(self, job: dict, deadline_s: float, reason: str) -> CodeRunResult:

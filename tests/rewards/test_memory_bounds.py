@@ -261,6 +261,22 @@ def test_anonymous_memory_over_several_processes_is_killed(box):
 
 
 @needs_cgroup
+def test_tmpfs_pages_and_inodes_are_charged_to_the_run(box):
+    """Within the caps a run may use /tmp; what it writes counts against its memory."""
+    program = ("import os\n"
+               "for i in range(4):  # RLIMIT_FSIZE: 16 MiB a file\n"
+               "    with open('/tmp/data%d' % i, 'wb') as fh:\n"
+               "        fh.write(b'd' * (12 << 20))\n"
+               "for i in range(4000):\n"
+               "    os.close(os.open('/tmp/e%d' % i, os.O_CREAT | os.O_WRONLY, 0o600))\n"
+               "def f(x):\n"
+               "    return x + 1\n")
+    r = box.run(program, ["assert f(1) == 2"], deadline_s=10)
+    assert r.status == "ok", r.detail
+    assert r.extra["memory_peak_bytes"] >= 50 * MiB  # 48 MiB of pages + 4000 inodes + Python
+
+
+@needs_cgroup
 def test_loopback_tcp_buffers_are_capped(box):
     r = _hog_run(box, TCP_HOG)  # v1 counts TCP buffers apart: their own (soft) cap holds them
     assert r.detail.startswith("test 0"), r.detail
