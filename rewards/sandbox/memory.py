@@ -19,7 +19,8 @@ What a run gets (root mode, cgroup v1's memory controller, which these machines 
 - The processes are in the cgroup from their first instruction: the sandbox's outer process is
   forked as root and, before it execs prlimit, writes itself to the cgroup's cgroup.procs (see
   `confine`); bwrap, the harness and candidate code inherit it. A pool uid could not do this
-  (the cgroup files are root's), hence the drop to the pool uid happens in the same step.
+  (the cgroup files are root's), hence the drop to the pool uid happens in the same step. A
+  pre-started sandbox (warm.py) joins its cgroup when it is spawned, long before its job.
 - Its own IPC namespace, made in that step too (so bwrap is told not to make one), with
   kernel.shmmax/shmall = SandboxConfig.shm_bytes, shmmni and msgmni small. The sandbox has no
   capability in that namespace's owning user namespace, so it cannot raise them; the segments die
@@ -37,6 +38,15 @@ before, and the probe says so ("memory=rlimits only").
 
 TCP buffers (the sandbox has loopback only) are charged by cgroup v1 to a counter of their own,
 capped at _TCP_BYTES per run; unix-socket queues are charged to the run's memory.
+
+Cost (2-core VM shared with other jobs, so approximate): spawning /usr/bin/true this way takes
+3.1 ms CPU against 1.7 ms with Popen(user=): 0.7 ms for running a Python preexec_fn at all,
+0.45 ms for creating, joining and removing the cgroup, 0.1 ms for the IPC namespace and its
+limits (bwrap made one before, so that part moved rather than added), 0.15 ms for the mount
+namespace and the tmpfs. A whole sandboxed run of a trivial program: 16.5 against 15.0 ms CPU.
+The preexec_fn runs in a child forked from a threaded process: it only makes os.* calls and two
+ctypes calls prepared in the parent, takes no lock another thread could hold, and reports a
+failure on stderr and exits instead of raising.
 
 What it does NOT bound: TCP buffers exactly (their cap is pressure, not a hard limit, and is not
 part of memory_bytes), memory the kernel spends on the run's processes before the cgroup join (a
