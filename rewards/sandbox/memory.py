@@ -17,7 +17,7 @@ What a run gets (root mode, cgroup v1's memory controller, which these machines 
   process of the run; the supervisor polls the cgroup's oom_kill counter and kills the whole run
   at once, and the run scores 0 with status `wrong`, detail "memory limit: ...".
 - The processes are in the cgroup from their first instruction: the sandbox's outer process is
-  forked as root and, before it execs prlimit, writes itself to the cgroup's cgroup.procs (see
+  forked as root and, before it execs prlimit, writes itself to the cgroup's `tasks` (see
   `confine`); bwrap, the harness and candidate code inherit it. A pool uid could not do this
   (the cgroup files are root's), hence the drop to the pool uid happens in the same step. A
   pre-started sandbox (warm.py) joins its cgroup when it is spawned, long before its job.
@@ -130,6 +130,11 @@ class RunCgroup:
     def __init__(self, path: str, limit: int, owner: MemoryCgroups) -> None:
         self.path, self.limit, self.owner = path, limit, owner
         self.procs = os.path.join(path, "cgroup.procs")
+        # What the sandbox's first process writes itself to: its single thread alone is the
+        # whole process then, and a write to `tasks` skips the global threadgroup lock that
+        # cgroup.procs takes (an RCU grace period: up to a few ms on a loaded host, during which
+        # Popen, i.e. the one spawner thread, waits).
+        self.join = os.path.join(path, "tasks")
 
     def oom_kills(self) -> int:
         """Processes of the run the kernel OOM-killed for passing the limit."""
@@ -253,7 +258,7 @@ class MemoryCgroups:
 class Confinement:
     """What `confine` sets up in the forked child before it execs the sandbox."""
 
-    procs: str  # the run cgroup's cgroup.procs
+    join: str  # the run cgroup's `tasks` file (RunCgroup.join)
     uid: int  # the pool uid to become
     tmp_dir: str  # host directory the private /tmp is mounted on
     tmp_bytes: int
@@ -277,7 +282,7 @@ def confine(c: Confinement):
                ("/proc/sys/kernel/shmall", str(pages).encode()),
                ("/proc/sys/kernel/shmmni", str(_SHMMNI).encode()),
                ("/proc/sys/kernel/msgmni", str(_MSGMNI).encode()))
-    procs, uid = c.procs, c.uid
+    join, uid = c.join, c.uid
     unshare, mount, get_errno = _libc.unshare, _libc.mount, ctypes.get_errno
 
     def fail(step: str, err: int) -> None:
@@ -287,8 +292,8 @@ def confine(c: Confinement):
     def preexec() -> None:
         step = "join the run's memory cgroup"
         try:
-            fd = os.open(procs, os.O_WRONLY)
-            os.write(fd, b"0")  # v1: "0" is the writing process itself
+            fd = os.open(join, os.O_WRONLY)
+            os.write(fd, b"0")  # v1: "0" is the writing thread itself, here the whole process
             os.close(fd)
             step = "unshare the IPC and mount namespaces"
             if unshare(_CLONE_NEWIPC | _CLONE_NEWNS) != 0:

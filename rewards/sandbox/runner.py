@@ -217,7 +217,7 @@ class CodeSandbox:
             argv = sandbox_argv(cfg, uid=lease.uid, cpu_seconds=cpu_seconds, nproc=cfg.nproc,
                                 tmp_bind=mnt)
             preexec = confine(Confinement(
-                procs=lease.cgroup.procs, uid=lease.uid, tmp_dir=mnt, tmp_bytes=cfg.tmpfs_bytes,
+                join=lease.cgroup.join, uid=lease.uid, tmp_dir=mnt, tmp_bytes=cfg.tmpfs_bytes,
                 tmp_inodes=cfg.tmp_inodes, shm_bytes=cfg.shm_bytes))
             return spawn_async(argv, preexec=preexec), lease
         except BaseException:
