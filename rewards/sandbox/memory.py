@@ -7,7 +7,7 @@ many empty files, pipe buffers, page tables). One run held 2.75 GiB in memfds, a
 SysV shm with never more than 512 MiB mapped (issue 16).
 
 What a run gets (root mode, cgroup v1's memory controller, which these machines have writable):
-- A fresh memory cgroup `bgpo-sandbox/run-<pid>-<n>` under the cgroup this verifier process sits
+- A fresh memory cgroup `bgpo-sandbox/run-<pid>-<token>-<n>` under the cgroup this verifier sits
   in, created for the run and removed after it. `memory.limit_in_bytes` (and memsw where the
   kernel has swap accounting) is SandboxConfig.memory_bytes, for the whole RUN: every process
   and thread of it together, and every page charged to them: anonymous memory, page cache,
@@ -61,6 +61,7 @@ import errno
 import itertools
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -80,6 +81,8 @@ _SHMMNI, _MSGMNI = 32, 32  # SysV segments / message queues per run (a test need
 # socket), not a hard stop: with 32 MiB, the same 400 connections held 58 MiB at most.
 _TCP_BYTES = 32 << 20
 _SEQ = itertools.count()  # run cgroup names are unique across every sandbox of this process
+# ... and across processes that reuse a pid (a restarted container's verifier often has the same)
+_TOKEN = secrets.token_hex(4)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.unshare.argtypes = [ctypes.c_int]
@@ -217,7 +220,7 @@ class MemoryCgroups:
     def create(self) -> RunCgroup:
         """A new, empty cgroup with the run's limit (memory first: memsw may never be below it)."""
         assert self.parent is not None, "check() first"
-        path = os.path.join(self.parent, f"run-{os.getpid()}-{next(_SEQ)}")
+        path = os.path.join(self.parent, f"run-{os.getpid()}-{_TOKEN}-{next(_SEQ)}")
         os.mkdir(path)
         try:
             _write(os.path.join(path, "memory.limit_in_bytes"), str(self.limit))
@@ -240,13 +243,17 @@ class MemoryCgroups:
                 self._leftover += kept
 
     def _sweep_stale(self) -> None:
-        """Remove run cgroups that verifier processes which are gone left behind (empty ones)."""
+        """Remove run cgroups that verifier processes which are gone left behind (empty ones;
+        one still holding a process stays: rmdir refuses)."""
         assert self.parent is not None
         for name in os.listdir(self.parent):
             parts = name.split("-")
-            if len(parts) != 3 or parts[0] != "run" or not parts[1].isdigit():
+            if len(parts) != 4 or parts[0] != "run" or not parts[1].isdigit():
                 continue
-            if parts[1] != str(os.getpid()) and os.path.exists(f"/proc/{parts[1]}"):
+            if parts[1] == str(os.getpid()):
+                if parts[2] == _TOKEN:
+                    continue  # ours: another sandbox of this process may be starting in it
+            elif os.path.exists(f"/proc/{parts[1]}"):
                 continue  # a live verifier's
             try:
                 os.rmdir(os.path.join(self.parent, name))

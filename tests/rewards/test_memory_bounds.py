@@ -22,9 +22,9 @@ import time
 
 import pytest
 
-from rewards.sandbox import CodeSandbox, SandboxConfig
+from rewards.sandbox import CodeSandbox, SandboxConfig, memory
 from rewards.sandbox.launcher import sandbox_argv
-from rewards.sandbox.memory import OPT_OUT_ENV, own_memory_cgroup
+from rewards.sandbox.memory import OPT_OUT_ENV, MemoryCgroups, own_memory_cgroup
 
 CORRECT = ("def f(x):\n    return x + 1\n", ["assert f(1) == 2"])
 MiB, GiB = 1 << 20, 1 << 30
@@ -326,6 +326,26 @@ def test_run_cgroups_are_removed_after_their_runs():
     for program in (CORRECT[0], "import os\nos.fork()\nwhile True:\n    pass\n"):
         sandbox.run(program, CORRECT[1], deadline_s=0.5)
     assert set(left()) <= before
+
+
+@needs_cgroup
+def test_stale_run_cgroups_of_gone_verifiers_are_swept_and_live_ones_kept():
+    parent = os.path.join(own_memory_cgroup(), "bgpo-sandbox")
+    os.makedirs(parent, exist_ok=True)
+    gone_pid = (1 << 22) + 7  # above any pid_max: no such process
+    names = {"gone": f"run-{gone_pid}-00000000-0",
+             "earlier me": f"run-{os.getpid()}-00000000-0",  # same pid, another incarnation
+             "me now": f"run-{os.getpid()}-{memory._TOKEN}-999999"}
+    for name in names.values():
+        os.makedirs(os.path.join(parent, name), exist_ok=True)
+    try:
+        MemoryCgroups(64 * MiB).check()
+        left = {k for k, n in names.items() if os.path.isdir(os.path.join(parent, n))}
+        assert left == {"me now"}  # it may be a sandbox of this process about to join it
+    finally:
+        for name in names.values():
+            if os.path.isdir(os.path.join(parent, name)):
+                os.rmdir(os.path.join(parent, name))
 
 
 # ----- fail closed -----------------------------------------------------------------------------
