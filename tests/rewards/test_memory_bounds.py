@@ -233,6 +233,26 @@ def test_memfd_hog_is_killed_at_the_default_limit():
 
 
 @needs_cgroup
+def test_concurrent_hogs_are_each_bounded_and_correct_runs_unaffected(box):
+    results: dict[int, object] = {}
+    programs = [MEMFD_HOG, CORRECT[0], MEMFD_HOG, CORRECT[0]]
+
+    def one(i: int) -> None:
+        results[i] = box.run(programs[i], CORRECT[1], deadline_s=10)
+
+    with ShmemWatch() as watch:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(programs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [results[i].status for i in range(4)] == ["wrong", "ok", "wrong", "ok"]
+    assert all(results[i].detail.startswith("memory limit:") for i in (0, 2))
+    assert watch.peak - watch.baseline <= 2 * box.config.memory_bytes + SLACK
+    assert watch.back_to_baseline()
+
+
+@needs_cgroup
 def test_sysv_shm_hog_is_stopped_by_the_ipc_limits(box):
     r = _hog_run(box, SYSV_HOG)
     assert r.detail.startswith("test 0"), r.detail  # shmmax/shmall said no: it held 64 MiB only
