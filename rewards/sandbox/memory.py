@@ -174,7 +174,8 @@ class RunCgroup:
                 return True
             except OSError as e:
                 if e.errno != errno.EBUSY or time.monotonic() > end:
-                    log.warning("could not remove the run cgroup %s: %s", self.path, e)
+                    if timeout_s > 0:  # a retry of a leftover stays quiet
+                        log.warning("could not remove the run cgroup %s: %s", self.path, e)
                     return False
             try:
                 pids = [int(p) for p in _read(self.procs).split()]
