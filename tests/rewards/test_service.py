@@ -1,20 +1,31 @@
-"""The verification service, started for real under uvicorn on a free loopback port."""
+"""The verification service, started for real under uvicorn on a free loopback port.
+
+The first tests run the app in a thread of this process; the hostile-client tests at the end
+run `bgpo serve-rewards` as its own process (own TMPDIR, RSS read from /proc) and talk to it
+over raw sockets, so a client can send half a request and stall.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from rewards.service import create_app, main, resolve_token
+from rewards.service import create_app, main, make_server, resolve_token
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rewards"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "rewards"
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -23,13 +34,17 @@ def row(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.jsonl").read_text().splitlines()[0])
 
 
-@pytest.fixture(scope="module")
-def base_url():
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    port = free_port()
     app = create_app(TOKEN, max_batch=4, max_completion_chars=1000, max_body_bytes=20_000)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = make_server(app, "127.0.0.1", port, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -83,12 +98,12 @@ def test_size_caps(base_url):
     huge = httpx.post(f"{base_url}/v1/score", headers=AUTH, content=b"x" * 30_000)
     assert huge.status_code == 413
 
-    def chunks():  # no Content-Length: the cap is enforced while the body streams in
+    def chunks():  # no Content-Length: refused from the headers (411), nothing read
         for _ in range(30):
             yield b"x" * 1000
 
     streamed = httpx.post(f"{base_url}/v1/score", headers=AUTH, content=chunks())
-    assert streamed.status_code == 413
+    assert streamed.status_code == 411 and "Content-Length" in streamed.text
 
 
 @pytest.mark.parametrize("body, field", [
