@@ -25,6 +25,10 @@ forever (uvicorn's keep-alive timer only starts after a first response). The hea
 capped by h11 (`h11_max_incomplete_event_size`), the number of served connections by uvicorn's
 `limit_concurrency` (503 past it); `rewards.service.make_server` wires these together.
 
+Memory per connection before the app sees a request: the head, at most h11's cap; and of a
+body, what uvicorn reads ahead before it pauses the socket (64 KiB, plus one read of at most
+256 KiB). Refusals and uvicorn's own 503s never read further.
+
 Not defended here: TLS, rate limits per client, and memory the app itself uses to parse an
 admitted body (JSON objects take several times the body's bytes; `max_body_bytes` bounds it).
 """
