@@ -111,7 +111,7 @@ class RequestGuard:
             if length or chunked:
                 return (413, f"{OPEN_PATH} takes no body"), 0
             return None, 0
-        if len(auth) != 1 or not auth[0][:7].lower() == b"bearer ":
+        if len(auth) != 1 or auth[0][:7].lower() != b"bearer ":
             return (401, "missing bearer token"), 0
         if not hmac.compare_digest(auth[0][7:].strip(), self.token):
             return (403, "wrong token"), 0
