@@ -300,7 +300,7 @@ def add_serve_rewards_args(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="open connections served at once (503 past it)")
     limits.add_argument("--head-timeout-s", type=float, default=10.0,
                         help="time to send a request line and headers (connection closed past it)")
-    limits.add_argument("--keep-alive-s", type=int, default=5, help="idle keep-alive connections close")
+    limits.add_argument("--keep-alive-s", type=int, default=5, help="seconds an idle keep-alive connection stays open")
     return parser
 
 
@@ -329,7 +329,8 @@ def run_serve_rewards(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_serve_rewards_args(argparse.ArgumentParser(prog="bgpo serve-rewards"))
+    parser = add_serve_rewards_args(argparse.ArgumentParser(
+        prog="bgpo serve-rewards", formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     return run_serve_rewards(parser.parse_args(argv))
 
 
