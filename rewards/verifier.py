@@ -123,9 +123,9 @@ class VerifierWorker:
             log.warning("%r: %s item %d not scored: %s", self, name, index, outcome.detail)
             result = RewardResult(0.0, "error", outcome.detail, seconds=outcome.run_s,
                                   extra={"unscored": _UNSCORED[outcome.kind]})
-        result.extra["queue_s"] = round(outcome.queue_s, 6)
+        result.extra["queue_s"] = outcome.queue_s
         if outcome.waited_s:
-            result.extra["isolation_wait_s"] = round(outcome.waited_s, 6)
+            result.extra["isolation_wait_s"] = outcome.waited_s
         return result
 
     def _record(self, names: list[str], results: list[RewardResult],
