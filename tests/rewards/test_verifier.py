@@ -342,3 +342,18 @@ def test_slow_batches_of_others_do_not_zero_a_correct_answer():
     assert statuses.count("timeout") >= 4 and set(statuses) <= {"timeout", "error"}
     assert all(r.extra.get("unscored") == "closed" for rs in slow_out for r in rs
                if r.status == "error")
+
+
+def test_service_metrics_carry_the_queue_time():
+    from fastapi.testclient import TestClient  # noqa: PLC0415
+
+    from rewards.service import create_app  # noqa: PLC0415
+
+    client = TestClient(create_app("t0ken"))
+    auth = {"Authorization": "Bearer t0ken"}
+    body = {"requests": [{"task": "countdown", "completion": COUNTDOWN_OK,
+                          "item": rows("countdown")[0]}]}
+    (result,) = client.post("/v1/score", json=body, headers=auth).json()["results"]
+    assert result["status"] == "ok" and result["extra"]["queue_s"] >= 0.0
+    text = client.get("/metrics", headers=auth).text
+    assert 'bgpo_reward_queue_seconds_count{task="countdown"} 1.0' in text
