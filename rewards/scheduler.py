@@ -59,11 +59,9 @@ class Outcome:
 class ItemClock:
     """One item's timing; the item's own thread reports waits that are not its fault here."""
 
-    def __init__(self, scheduler: FairScheduler, batch: _Batch, index: int, fn: Callable,
-                 ahead: int) -> None:
-        self._scheduler, self.batch, self.index, self.fn = scheduler, batch, index, fn
-        self.enqueued = time.monotonic()
-        self.ahead = ahead  # items queued or running when this one was enqueued
+    def __init__(self, scheduler: FairScheduler, batch: _Batch, fn: Callable) -> None:
+        self._scheduler, self.batch, self.fn = scheduler, batch, fn
+        self.enqueued = batch.enqueued
         self.started: float | None = None
         self.outcome: Outcome | None = None
         self.slot: _Slot | None = None
@@ -93,7 +91,8 @@ class ItemClock:
 
 class _Batch:
     def __init__(self, lock: threading.Lock) -> None:
-        self.pending: deque[ItemClock] = deque()
+        self.enqueued = time.monotonic()
+        self.pending: deque[ItemClock] = deque()  # in enqueue order; items leave from the left
         self.remaining = 0
         self.changed = threading.Condition(lock)
 
@@ -143,8 +142,7 @@ class FairScheduler:
             if self._closed:
                 raise RuntimeError(f"{self.name} is closed")
             batch = _Batch(self._lock)
-            ahead = self._queued + len(self._running)
-            items = [ItemClock(self, batch, i, fn, ahead + i) for i, fn in enumerate(fns)]
+            items = [ItemClock(self, batch, fn) for fn in fns]
             batch.pending.extend(items)
             batch.remaining = len(items)
             if items:
@@ -170,6 +168,10 @@ class FairScheduler:
             wake = min(self._check_running(now), self._check_queued(batch, now))
             if not batch.remaining:
                 return
+            if batch.pending:
+                # Starts do not wake us (a context switch per item costs more than cheap items
+                # do); an item that starts after now cannot overrun before now + budget.
+                wake = min(wake, now + self.budget_s)
             timeout = wake - now
             if cancel is not None:
                 timeout = min(timeout, _CANCEL_POLL_S)
@@ -199,42 +201,38 @@ class FairScheduler:
         return wake
 
     def _check_queued(self, batch: _Batch, now: float) -> float:
-        """Expire this batch's items that waited too long; the earliest such time still ahead."""
-        wake = math.inf
-        for item in list(batch.pending):
-            limits = [max(item.enqueued, self._last_start) + self.stall_s]
-            if self.max_queue_s is not None:
-                limits.append(item.enqueued + self.max_queue_s)
-            limit = min(limits)
-            if limit > now:
-                wake = min(wake, limit)
-                continue
-            self.stats["queue_expired"] += 1
-            behind = len(self._running) + self._queued - 1
-            self._remove_pending(item)
-            self._finish(item, Outcome(
-                "queue_expired", detail=f"queued for {now - item.enqueued:.1f}s behind {behind} "
-                f"items ({len(self._running)} running); never started", queue_s=now - item.enqueued))
-        return wake
+        """Expire this batch's waiting items if they waited too long (they were enqueued
+        together, so they expire together); when that will be, if not yet."""
+        if not batch.pending:
+            return math.inf
+        limit = max(batch.enqueued, self._last_start) + self.stall_s
+        if self.max_queue_s is not None:
+            limit = min(limit, batch.enqueued + self.max_queue_s)
+        if limit > now:
+            return limit
+        behind = len(self._running) + self._queued - len(batch.pending)
+        self._drop_pending(batch, "queue_expired", f"queued for {now - batch.enqueued:.1f}s "
+                           f"behind {behind} items ({len(self._running)} running); never started")
+        return math.inf
 
     def _drop_pending(self, batch: _Batch, kind: str, detail: str) -> None:
+        """End every waiting item of `batch` as `kind`; they never start."""
+        if not batch.pending:
+            return
         now = time.monotonic()
-        for item in list(batch.pending):
-            self.stats[kind] = self.stats.get(kind, 0) + 1
-            self._remove_pending(item)
+        self.stats[kind] += len(batch.pending)
+        self._queued -= len(batch.pending)
+        self._rotation.remove(batch)
+        while batch.pending:
+            item = batch.pending.popleft()
             self._finish(item, Outcome(kind, detail=detail, queue_s=now - item.enqueued))
-
-    def _remove_pending(self, item: ItemClock) -> None:
-        item.batch.pending.remove(item)
-        self._queued -= 1
-        if not item.batch.pending and item.batch in self._rotation:
-            self._rotation.remove(item.batch)
 
     def _finish(self, item: ItemClock, outcome: Outcome) -> None:
         if item.outcome is None:
             item.outcome = outcome
             item.batch.remaining -= 1
-            item.batch.changed.notify()
+            if not item.batch.remaining:
+                item.batch.changed.notify()
 
     @staticmethod
     def _timing(item: ItemClock, now: float) -> dict:
@@ -271,7 +269,6 @@ class FairScheduler:
                 item.slot = slot
                 self._running.add(item)
                 self.stats["started"] += 1
-                item.batch.changed.notify()  # its caller now watches the budget, not the queue
             try:
                 outcome = Outcome("done", value=item.fn(item))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, never lost

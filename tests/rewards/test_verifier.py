@@ -1,4 +1,4 @@
-"""VerifierWorker: order, deadlines, counters, health, and clear errors for bad task names."""
+"""VerifierWorker: order, deadlines from each item's start, fair queueing, counters, health, clear errors."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def test_deadline_counts_from_the_item_start_and_overruns_free_their_slot(fake_w
     # budget 0.8 s: an item that overruns is reported at ~0.8 s after ITS start; the ones queued
     # behind it (0.5 s each) each get a full budget of their own and all score.
     w, fake = fake_worker(1, options=ScoringOptions(deadline_s=0.5), grace_s=0.3)
-    results = w.score_batch(batch("sleep:3", "sleep:0.5", "sleep:0.5", "sleep:0.5"))
+    results = w.score_batch(batch("sleep:6", "sleep:0.5", "sleep:0.5", "sleep:0.5"))
     assert [r.status for r in results] == ["timeout", "ok", "ok", "ok"], results
     assert results[0].detail == "no result within 0.8s of its start"
     assert 0.8 <= results[0].seconds < 2.5 and results[3].extra["queue_s"] > 1.5
@@ -320,7 +320,7 @@ def test_slow_batches_of_others_do_not_zero_a_correct_answer():
     sleeper = he_request("```python\ndef has_close_elements(numbers, threshold):\n"
                          "    import time\n    time.sleep(60)\n```")
     slow, slow_out = run_in_threads(w, [[sleeper] * 3 for _ in range(4)], gap_s=0.05)
-    wait_for(lambda: w.counters()["scheduler"]["queued"] == 10)
+    wait_for(lambda: sum(w.counters()["scheduler"][k] for k in ("queued", "started")) == 12)
     rec = HE["has_close_elements"]
     from rewards.tasks.humaneval import prompt_code  # noqa: PLC0415
 
