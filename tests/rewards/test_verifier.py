@@ -357,3 +357,24 @@ def test_service_metrics_carry_the_queue_time():
     assert result["status"] == "ok" and result["extra"]["queue_s"] >= 0.0
     text = client.get("/metrics", headers=auth).text
     assert 'bgpo_reward_queue_seconds_count{task="countdown"} 1.0' in text
+
+
+def test_a_wedged_scheduler_expires_its_queue_instead_of_hanging():
+    """Items that never return: the first overrun hands its slot to a fresh thread, the second
+    (one abandoned thread per slot already) keeps it; the item queued behind them then expires
+    by the stall rule (no start for stall_s), with no max_queue_s set."""
+    import threading  # noqa: PLC0415
+
+    from rewards.scheduler import FairScheduler  # noqa: PLC0415
+
+    gate = threading.Event()
+    sched = FairScheduler(1, budget_s=0.3, stall_s=0.9, name="wedged")
+    start = time.monotonic()
+    outcomes = sched.run([lambda c: gate.wait(20), lambda c: gate.wait(20), lambda c: "quick"])
+    elapsed = time.monotonic() - start
+    gate.set()
+    assert [o.kind for o in outcomes] == ["timeout", "timeout", "queue_expired"], outcomes
+    assert outcomes[2].detail.startswith("queued for ") and outcomes[2].queue_s >= 0.9
+    assert elapsed < 5.0  # ~1.2 s: the stall limit, not the 20 s the items would hang
+    assert sched.snapshot()["timeouts"] == 2
+    sched.close()
