@@ -38,7 +38,8 @@ def assemble_batch(outputs: list[RolloutBatch], results: list[RewardResult], *, 
         else:
             keep.append(i)
     info = rollout_metrics(outputs, results, version)
-    extras = {"statuses": dict(statuses), "latencies": [r.seconds for r in results]}
+    extras = {"statuses": dict(statuses), "latencies": [r.seconds for r in results],
+              "queue_seconds": [r.extra.get("queue_s", 0.0) for r in results]}
     if not keep:
         return None, info, extras
     kept = [rollouts[i] for i in keep]

@@ -138,6 +138,9 @@ def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
     item_seconds = Histogram("bgpo_reward_item_seconds", "Seconds to score one completion",
                              ["task"], registry=registry,
                              buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 30))
+    queue_seconds = Histogram("bgpo_reward_queue_seconds", "Seconds a completion waited for a "
+                              "verifier slot before it started", ["task"], registry=registry,
+                              buckets=(0.001, 0.01, 0.1, 1, 5, 15, 60, 300))
     requests_total = Counter("bgpo_reward_http_requests", "HTTP requests", ["path", "code"],
                              registry=registry)
     pool_alive = Gauge("bgpo_reward_isolation_idle_alive", "Idle isolation children alive",
@@ -182,6 +185,7 @@ def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
         for req, result in zip(body.requests, results, strict=True):
             items_total.labels(task=req.task, status=result.status).inc()
             item_seconds.labels(task=req.task).observe(result.seconds)
+            queue_seconds.labels(task=req.task).observe(result.extra.get("queue_s", 0.0))
         return ScoreResponse(results=[ScoreResult(**r.to_dict()) for r in results])
 
     @app.get(OPEN_PATH)
