@@ -194,8 +194,8 @@ _LAZY = (type(x for x in ()), map, filter, zip, enumerate, reversed, type(iter([
          type(iter(())), type(iter("")), type(iter({}.items())), type(iter({})),
          type(iter({}.values())), type(iter(set())), type(iter(range(0))),
          type(reversed([])))
-_VIEWS = ((type({}.keys()), b"K"), (type({}.values()), b"V"), (type({}.items()), b"I"))
-_SEQ_TAGS = ((list, b"l"), (tuple, b"t"), (set, b"S"), (frozenset, b"z"))
+_VIEWS = {type({}.keys()): b"K", type({}.values()): b"V", type({}.items()): b"I"}
+_SEQ_TAGS = {list: b"l", tuple: b"t", set: b"S", frozenset: b"z"}
 
 
 class _NotPlain(Exception):
@@ -212,141 +212,138 @@ def _encode(value: object, ref) -> bytes:
     out = bytearray()
     budget = [_MAX_PLAIN_NODES]
 
-    def size(n: int) -> None:
-        out.extend(n.to_bytes(4, "little"))
-
     def enc(v: object, depth: int) -> None:
+        nonlocal out
         budget[0] -= 1
         if budget[0] < 0 or depth > _MAX_DEPTH:
             raise _NotPlain("value too large or too deep")
         t = type(v)
-        if v is None:
-            out.extend(b"N")
-        elif t is bool:
-            out.extend(b"T" if v else b"F")
-        elif t is int:
+        if t is int:
             raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
-            out.extend(b"i")
-            size(len(raw))
-            out.extend(raw)
-        elif t is float:
-            text = float.hex(v).encode()
-            out.extend(b"f" + bytes((len(text),)) + text)
-        elif t is complex:
-            out.extend(b"c")
-            enc(v.real, depth + 1)
-            enc(v.imag, depth + 1)
+            out += b"i" + len(raw).to_bytes(4, "little") + raw
         elif t is str or t is bytes:
             raw = v.encode("utf-8", "surrogatepass") if t is str else v
-            out.extend(b"s" if t is str else b"b")
-            size(len(raw))
-            out.extend(raw)
+            out += (b"s" if t is str else b"b") + len(raw).to_bytes(4, "little") + raw
+        elif t is float:
+            text = float.hex(v).encode()
+            out += b"f" + bytes((len(text),)) + text
+        elif v is None:
+            out += b"N"
+        elif t is bool:
+            out += b"T" if v else b"F"
+        elif t is list or t is tuple or t is set or t is frozenset:
+            out += _SEQ_TAGS[t] + len(v).to_bytes(4, "little")
+            for x in v:
+                enc(x, depth + 1)
         elif t is dict:
-            out.extend(b"d")
-            size(len(v))
+            out += b"d" + len(v).to_bytes(4, "little")
             for k, x in v.items():
                 enc(k, depth + 1)
                 enc(x, depth + 1)
+        elif t is complex:
+            out += b"c"
+            enc(v.real, depth + 1)
+            enc(v.imag, depth + 1)
         elif t is range:
-            out.extend(b"r")
+            out += b"r"
             for x in (v.start, v.stop, v.step):
                 enc(x, depth + 1)
+        elif t in _VIEWS:
+            out += _VIEWS[t]
+            enc(list(v), depth + 1)
+        elif issubclass(t, dict):
+            enc(dict(zip(dict.keys(v), dict.values(v))), depth + 1)  # noqa: B905 (3.8)
         else:
-            for seq, tag in _SEQ_TAGS:
-                if t is seq:
-                    out.extend(tag)
-                    size(len(v))
-                    for x in v:
-                        enc(x, depth + 1)
-                    return
-            for view, tag in _VIEWS:
-                if t is view:
-                    out.extend(tag)
-                    enc(list(v), depth + 1)
-                    return
-            if issubclass(t, dict):
-                return enc(dict(zip(dict.keys(v), dict.values(v))), depth + 1)  # noqa: B905
             for base, read in _BASE_READERS:
                 if issubclass(t, base):
                     return enc(read(v), depth + 1)
-            out.extend(ref(v))
+            out += ref(v)
 
     enc(value, 0)
     return bytes(out)
 
 
-def _decode(data: bytes, ref) -> object:
-    """Rebuild a value from tagged bytes, exact builtin types only; `ref(tag, payload)` turns a
-    handle (b"h" + int, b"n" + name) into an object. Raises _Garbled on anything malformed."""
-    end, budget = len(data), [_MAX_PLAIN_NODES]
-    pos = [0]
+_CONTAINER_TYPES = {ord("l"): list, ord("t"): tuple, ord("S"): set, ord("z"): frozenset}
 
-    def take(n: int) -> bytes:
-        start = pos[0]
-        if n < 0 or start + n > end:
-            raise _Garbled("truncated frame")
-        pos[0] = start + n
-        return data[start:start + n]
 
-    def count() -> int:
-        n = int.from_bytes(take(4), "little")
-        if n > end - pos[0]:  # every item takes at least one byte
+def _decode(data: bytes, ref, start: int = 0) -> object:
+    """Rebuild a value from tagged bytes (from `start` to the end), exact builtin types only;
+    `ref(tag, payload)` turns a handle (b"h" + int, b"n" + name) into an object. Raises _Garbled
+    on anything malformed."""
+    end = len(data)
+    state = [start, _MAX_PLAIN_NODES]  # read position, nodes left
+    from_bytes = int.from_bytes
+
+    def sized(pos: int) -> "tuple[int, int]":
+        """(count, position after it); a count past the frame's end is refused: every item
+        takes at least one byte."""
+        n = from_bytes(data[pos:pos + 4], "little")
+        if pos + 4 > end or pos + 4 + n > end:
             raise _Garbled("length past the end of the frame")
-        return n
+        return n, pos + 4
 
     def dec(depth: int) -> object:
-        budget[0] -= 1
-        if budget[0] < 0 or depth > _MAX_DEPTH:
+        pos = state[0]
+        state[1] -= 1
+        if state[1] < 0 or depth > _MAX_DEPTH:
             raise _Garbled("value too large or too deep")
-        tag = take(1)
-        if tag == b"N":
+        if pos >= end:
+            raise _Garbled("truncated frame")
+        tag = data[pos]
+        state[0] = pos + 1
+        if tag in (105, 115, 98):  # i s b: a sized byte string
+            n, pos = sized(pos + 1)
+            state[0] = pos + n
+            raw = data[pos:pos + n]
+            if tag == 105:
+                return from_bytes(raw, "little", signed=True)
+            return raw.decode("utf-8", "surrogatepass") if tag == 115 else raw
+        if tag in _CONTAINER_TYPES:
+            n, state[0] = sized(pos + 1)
+            return _CONTAINER_TYPES[tag]([dec(depth + 1) for _ in range(n)])
+        if tag == 102:  # f
+            n = data[pos + 1] if pos + 1 < end else end
+            if pos + 2 + n > end:
+                raise _Garbled("truncated frame")
+            state[0] = pos + 2 + n
+            return float.fromhex(data[pos + 2:pos + 2 + n].decode("ascii"))
+        if tag == 78:  # N
             return None
-        if tag in (b"T", b"F"):
-            return tag == b"T"
-        if tag == b"i":
-            return int.from_bytes(take(count()), "little", signed=True)
-        if tag == b"f":
-            return float.fromhex(take(take(1)[0]).decode("ascii"))
-        if tag == b"c":
+        if tag == 84 or tag == 70:  # T F
+            return tag == 84
+        if tag == 100:  # d
+            n, state[0] = sized(pos + 1)
+            return dict([(dec(depth + 1), dec(depth + 1)) for _ in range(n)])
+        if tag == 99:  # c
             re, im = dec(depth + 1), dec(depth + 1)
             if type(re) is not float or type(im) is not float:
                 raise _Garbled("complex of non-floats")
             return complex(re, im)
-        if tag == b"s":
-            return take(count()).decode("utf-8", "surrogatepass")
-        if tag == b"b":
-            return take(count())
-        if tag in (b"l", b"t", b"S", b"z"):
-            items = [dec(depth + 1) for _ in range(count())]
-            return {b"l": list, b"t": tuple, b"S": set, b"z": frozenset}[tag](items)
-        if tag == b"d":
-            pairs = [(dec(depth + 1), dec(depth + 1)) for _ in range(count())]
-            return dict(pairs)
-        if tag == b"r":
-            start, stop, step = dec(depth + 1), dec(depth + 1), dec(depth + 1)
-            if not (type(start) is type(stop) is type(step) is int):
+        if tag == 114:  # r
+            lo, hi, step = dec(depth + 1), dec(depth + 1), dec(depth + 1)
+            if not (type(lo) is type(hi) is type(step) is int):
                 raise _Garbled("range of non-ints")
-            return range(start, stop, step)
-        if tag in (b"K", b"V", b"I"):
+            return range(lo, hi, step)
+        if tag in (75, 86, 73):  # K V I: dict views, rebuilt from a list
             items = dec(depth + 1)
             if type(items) is not list:
                 raise _Garbled("dict view of a non-list")
-            if tag == b"K":
+            if tag == 75:
                 return dict.fromkeys(items).keys()
-            if tag == b"V":
+            if tag == 86:
                 return dict(enumerate(items)).values()
             if not all(type(p) is tuple and len(p) == 2 for p in items):
                 raise _Garbled("dict items that are not pairs")
             return dict(items).items()
-        if tag in (b"h", b"n"):
-            return ref(tag, dec(depth + 1))
-        raise _Garbled(f"unknown tag {tag!r}")
+        if tag == 104 or tag == 110:  # h n: references
+            return ref(bytes((tag,)), dec(depth + 1))
+        raise _Garbled(f"unknown tag {tag}")
 
     try:
         value = dec(0)
     except (ValueError, TypeError, UnicodeDecodeError, OverflowError, IndexError) as e:
         raise _Garbled(f"{type(e).__name__} while decoding") from None  # e.g. unhashable keys
-    if pos[0] != end:
+    if state[0] != end:
         raise _Garbled("bytes after the value")
     return value
 
@@ -359,18 +356,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[posix.write(fd, view):]
-
-
-def _read_exactly(fd: int, n: int) -> bytes:
-    """Blocking read of n bytes (W reading P); EOF means P is gone, so W leaves."""
-    chunks, got = [], 0
-    while got < n:
-        chunk = posix.read(fd, min(n - got, 1 << 20))
-        if not chunk:
-            posix._exit(3)
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def _read_to_eof(fd: int) -> bytes:
@@ -424,8 +409,18 @@ def _worker(req_r: int, rep_w: int) -> None:
     def resolve(tag: bytes, key: object) -> object:  # P's references to W's objects
         return handles[key] if tag == b"h" else env[key]
 
-    def recv() -> bytes:
-        return _read_exactly(req_r, int.from_bytes(_read_exactly(req_r, 8), "little"))
+    pending = bytearray()
+
+    def recv() -> bytes:  # one frame from P; a read takes whatever P has written so far
+        while len(pending) < 8 or len(pending) < 8 + int.from_bytes(pending[:8], "little"):
+            chunk = posix.read(req_r, 1 << 20)
+            if not chunk:
+                exit_now(3)  # P is gone
+            pending.extend(chunk)
+        size = 8 + int.from_bytes(pending[:8], "little")
+        frame = bytes(pending[8:size])
+        del pending[:size]
+        return frame
 
     def send(*reply: object) -> None:
         _write_all(rep_w, _frame(_encode(reply, None)))
@@ -543,15 +538,14 @@ class _Worker:
     def send(self, payload: bytes) -> None:
         view = memoryview(_frame(payload))
         while view:
-            _, ready, _ = select.select([], [self.req_w], [], 0.05)
-            if ready:
-                try:
-                    view = view[posix.write(self.req_w, view):]
-                except BlockingIOError:
-                    continue
-                except OSError:  # EPIPE: nobody reads any more
-                    raise _WorkerGone("the candidate's process closed its end") from None
-            elif self._gone_after_wait():
+            try:  # write first: a wait (select) only when the pipe is full
+                view = view[posix.write(self.req_w, view):]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:  # EPIPE: nobody reads any more
+                raise _WorkerGone("the candidate's process closed its end") from None
+            if not select.select([], [self.req_w], [], 0.05)[1] and self._gone_after_wait():
                 raise _WorkerGone("the candidate's process died")
 
     def recv(self) -> bytes:
