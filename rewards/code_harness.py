@@ -43,7 +43,9 @@ Fallbacks for values that cannot cross as plain data:
     are not available (such a test fails).
   - arguments must be plain data, handles or proxies; anything else (a lambda defined by the test)
     cannot cross, and the call raises TypeError (the test fails).
-  - what the callee does to its arguments is not seen by P (they are copies).
+  - arguments and results are copies: what the callee does to its arguments is not seen by P,
+    and a set arrives with the same members but maybe another iteration order (CPython's set
+    order depends on how the set was built; dicts keep theirs).
 Comparisons: the host rewrote every comparison and truth test of the tests' AST
 (rewards/sandbox/strict_rewrite.py) to call this module's strict comparator, which now runs in P
 on P-built values: floats compare with a tolerance, handles and other non-builtin values fail.
@@ -81,9 +83,11 @@ _REL_TOL, _ABS_TOL = 1e-9, 1e-12  # float tolerance of strict ==
 _MAX_MSG = 16 << 20  # longest W -> P frame
 _MAX_REASON = 300  # longest failure reason / exception message that crosses
 # Modules P never imports for a name W reports: they act at import (open a browser, print, start
-# a GUI, touch the terminal). Names with a dunder part (`__main__`, `__hello__`) are refused too.
+# a GUI, touch the terminal, run the regression tests). Names with a dunder part (`__main__`,
+# `__hello__`) are refused too. No other top-level stdlib module of Python 3.11 starts a process
+# or prints at import (checked with strace over all of them).
 _NO_IMPORT = frozenset(("antigravity", "this", "idlelib", "turtledemo", "turtle", "tkinter",
-                        "webbrowser", "readline", "ensurepip", "venv"))
+                        "webbrowser", "readline", "ensurepip", "venv", "test", "lib2to3"))
 
 
 class StrictComparisonError(AssertionError):
@@ -777,7 +781,8 @@ def main() -> None:
     _make_undumpable()
     nonce, tests = str(job["nonce"]), [str(t) for t in job["tests"]]
     _write_all(verdict, f"{nonce} ready\n".encode())
-    results, complete = _run_tests(_Worker(pid, req_w, rep_r), str(job["code"]), tests,
+    worker = _Worker(pid, req_w, rep_r)
+    results, complete = _run_tests(worker, str(job["code"]), tests,
                                    frozenset(str(g) for g in job.get("guard", ())))
     lines = []
     for i, (ok, why) in enumerate(results):
@@ -789,10 +794,11 @@ def main() -> None:
     if complete:
         lines.append(f"{nonce} done {len(tests)}\n")
     _write_all(verdict, "".join(lines).encode())
-    try:
-        posix.kill(pid, 9)  # unsandboxed runs have no pid namespace to take W down with us
-    except OSError:
-        pass
+    if not worker.exited:  # (once reaped, its pid may belong to someone else)
+        try:
+            posix.kill(pid, 9)  # unsandboxed runs have no pid namespace to take W down with us
+        except OSError:
+            pass
     posix._exit(0)  # as pid 1 our exit makes the kernel kill whatever W left behind
 
 

@@ -217,7 +217,8 @@ PAIRS = ("class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a
          "    arr = sorted(arr, key=lambda p: p.b)\n    best, end = 0, None\n"
          "    for p in arr:\n        if end is None or p.a > end:\n"
          "            best, end = best + 1, p.b\n    return best\n"
-         "def first(arr):\n    return arr[0]\n")
+         "def first(arr):\n    return arr[0]\n"
+         "CHAIN = [Pair(1, 2), Pair(3, 4)]\n")
 
 
 @needs_sandbox
@@ -225,7 +226,8 @@ def test_candidate_objects_cross_as_handles_that_only_go_back(sandbox):
     """MBPP-style `f([Pair(5, 24), ...])`: the instances stay in W and come back as handles."""
     ok = sandbox.run(PAIRS, ["assert max_chain_length([Pair(5, 24), Pair(15, 25), Pair(27, 40), "
                              "Pair(50, 60)], 4) == 3",
-                             "p = Pair(1, 2)\nassert max_chain_length([first([p, Pair(3, 4)])], 1) == 1"],
+                             "p = Pair(1, 2)\nassert max_chain_length([first([p, Pair(3, 4)])], 1) == 1",
+                             "assert max_chain_length(CHAIN, 2) == 2"],  # MBPP 356's `root` style
                      deadline_s=5, guard=("max_chain_length",))
     assert ok.status == "ok", ok.detail
     for test in ("assert Pair(1, 2) == Pair(1, 2)", "assert Pair(1, 2)", "assert Pair(1, 2).a == 1",
