@@ -73,6 +73,17 @@ def assert_hack_fails_and_correct_passes(task: str, name: str, hack: str) -> Non
 
 
 # ----- class 1: the candidate shares an interpreter with the judge ---------------------------------
+@needs_sandbox
+def test_tests_run_in_pid_1_and_the_candidate_elsewhere(sandbox):
+    program = ("import builtins, os\nbuiltins.MARK = 1\n"
+               "def f():\n    return [os.getpid(), hasattr(builtins, 'MARK')]\n")
+    tests = ["import os\nassert os.getpid() == 1 and f()[0] != 1",
+             "import builtins\nassert f()[1] is True and not hasattr(builtins, 'MARK')"]
+    result = sandbox.run(program, tests, deadline_s=5, guard=("f",))
+    assert result.status == "ok", result.detail
+
+
+
 PATCH_COMPILE_TEST = ("import __main__\n"
                       "__main__.compile_test = lambda src, name: compile('pass', name, 'exec')\n")
 PATCH_EVERY_HELPER = ("import __main__\n"
