@@ -53,9 +53,9 @@ def helper_source(code: str, entry: str) -> str:
     body = [n for n in tree.body
             if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry)]
     used = _runtime_names(ast.Module(body=body, type_ignores=[]))
-    keep = [ast.get_source_segment(code, n) or "" for n in body
-            if not (_imports_typing(n) and not used & _bound_names(n))]
-    return "\n\n".join(keep)
+    body = [n for n in body if not (_imports_typing(n) and not used & _bound_names(n))]
+    body.sort(key=lambda n: not (isinstance(n, ast.ImportFrom) and n.module == "__future__"))
+    return "\n\n".join(ast.get_source_segment(code, n) or "" for n in body)  # futures first
 
 
 def check_source(prompt: str, entry: str, check: str) -> str:

@@ -193,6 +193,10 @@ def test_check_source_carries_helpers_and_drops_typing_imports_used_only_in_anno
     scope = {"entry": lambda xs: 1}
     exec(compile(source, "<check>", "exec"), scope)  # annotations never evaluated: no NameError
     assert scope["poly"]([1.0, 2.0], 0.0) == 3.0
+    prompt = '"""A module docstring."""\nfrom __future__ import division\ndef entry():\n    pass\n'
+    future = check_source(prompt, "entry", "def check(c):\n    pass\n")
+    assert "division" in future
+    compile(future, "<check>", "exec")  # the prompt's own __future__ import moved to the top
     for rec in HE.values():  # the fixture rows' checks still compile
         compile(check_source(prompt_code(rec["row"]), rec["entry_point"],
                              rec["row"]["reward_model"]["ground_truth"]), "<check>", "exec")
