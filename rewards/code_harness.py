@@ -526,7 +526,8 @@ class _Worker:
 
     def __init__(self, pid: int, req_w: int, rep_r: int) -> None:
         self.pid, self.req_w, self.rep_r = pid, req_w, rep_r
-        self.buf, self.exited, self.dead = bytearray(), False, False
+        self.buf, self.exited = bytearray(), False
+        self.dead = ""  # why W is unusable, once it is
         self.proxies: dict = {}  # id(proxy function) -> (name, proxy function)
         posix.set_blocking(req_w, False)  # a W that stops reading must not block P forever
 
@@ -605,7 +606,7 @@ class _Worker:
                 guarded: bool) -> object:
         """One call (or next()) in W; its result as P values, or its exception raised here."""
         if self.dead:
-            raise _WorkerGone("the candidate's process died earlier")
+            raise _WorkerGone(self.dead)
         try:
             message = _encode((op, target, args, kwargs, guarded), self._ref_out)
         except _NotPlain as e:
@@ -613,8 +614,8 @@ class _Worker:
         try:
             self.send(message)
             raw = self.recv()
-        except _WorkerGone:
-            self.dead = True
+        except _WorkerGone as e:
+            self.dead = f"{e}" or "the candidate's process died"
             raise
         try:
             reply = _decode(raw, None)
@@ -721,7 +722,7 @@ def _run_tests(worker: _Worker, code: str, tests: list, guard: frozenset) -> "tu
     results = []
     for c in compiled:
         if worker.dead:
-            results.append((False, "the candidate's process died during an earlier test"))
+            results.append((False, f"during an earlier test: {worker.dead}"))
             continue
         if isinstance(c, BaseException):
             results.append((False, _describe(c)))
@@ -735,7 +736,7 @@ def _run_tests(worker: _Worker, code: str, tests: list, guard: frozenset) -> "tu
         except BaseException as e:
             why = _describe(e)
         if worker.dead:  # even if the test swallowed the error: W's death fails it
-            why = "the candidate's process died (exit, crash or kill)"
+            why = worker.dead
         results.append((not why, why))
     return results, not worker.dead
 
