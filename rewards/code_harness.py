@@ -19,7 +19,7 @@ In P, each test runs in a fresh scope built from W's names:
             no candidate file can shadow it; a few modules with import-time side effects are
             refused); if the import fails the name is absent.
   callable  a proxy function defined by P: a call sends (name, args, kwargs) to W and waits.
-  value     a copy decoded from plain data.
+  value     a copy decoded from plain data (non-plain parts become handles, see below).
   Names of builtins are never taken from W (a candidate `def abs(x): return 0` does not reach
   the test), except the functions under test (`guard`).
 The test's own imports (`import math`) run in P, so W's patched modules never matter; HumanEval's
@@ -27,9 +27,9 @@ tests carry the prompt's helpers (rewards/tasks/humaneval.py), so those run in P
 
 Values cross as type-tagged plain data (None, bool, int, float, complex, str, bytes, list, tuple,
 dict, set, frozenset, range, dict views), read by a hand-written decoder that is bounded in
-size, depth and node count and builds exact builtin types only (a namedtuple or an IntEnum is
-read through its base type's C methods and arrives as the base, like plain() below). Nothing W
-sends is ever unmarshalled or unpickled. Exceptions cross as the nearest builtin exception type
+size, depth and node count and builds exact builtin types only (W's encoder reads a namedtuple
+or an IntEnum through its base type's C methods, so it arrives as the base, like plain() below;
+a lying W can only send other plain data). Nothing W sends is ever unmarshalled or unpickled. Exceptions cross as the nearest builtin exception type
 (by name, looked up in P's own table) and a capped message; other types become CandidateError.
 Fallbacks for values that cannot cross as plain data:
   - the functions under test (`guard`, the entry point) must return plain data or a builtin
