@@ -18,6 +18,11 @@ thread bombs, infinite loops, sleeps, memory hogs, writes outside the sandbox, f
 files, network access, reading host secrets (environment, other processes, /etc/shadow, the
 project), signalling host processes, huge output, fake exit codes and pass markers, AlwaysEqual
 objects, daemons, segfaults, fd exhaustion, recursion, reading stdin, shells and namespaces.
+Reward hacks on the verdict (tests/rewards/test_verdict_isolation.py): the tests run in the
+harness's trusted process and the candidate only answers calls as plain data, so patching the
+harness module, the standard-library modules the tests import, or builtins, forging report lines
+or frames on any descriptor, and reading expected values from frames, gc or inspect change only
+the candidate's own return values (rewards/code_harness.py).
 Memory is bounded per RUN, not only per process (tests/rewards/test_memory_bounds.py): in root
 mode every run has its own memory cgroup (SandboxConfig.memory_bytes, 1 GiB: all its processes,
 memfds, SysV and tmpfs pages and kernel memory together; past it the run is killed and scores
@@ -26,8 +31,11 @@ writable, code runs fail closed unless BGPO_SANDBOX_ALLOW_NO_MEMORY_CGROUP=1 (se
 What it does NOT protect against: kernel exploits (it shares the host kernel; no seccomp filter
 is installed), CPU contention with the host beyond RLIMIT_CPU (no CPU cgroup: a run may use a
 full core per process), TCP buffers beyond a soft per-run cap (see memory.py), and
-candidate code that introspects the harness's own process to forge its per-test reports (see
-rewards/code_harness.py). Not root: see rewards/sandbox/runner.py for what is weaker.
+what the candidate can learn from the arguments it is called with (it must see them to answer;
+it never sees the tests' source or expected values). Tests that need more than plain data from
+the candidate (attributes or methods of its objects, callbacks into test-defined functions) fail
+rather than pass: see the fallbacks in rewards/code_harness.py. Not root: see
+rewards/sandbox/runner.py for what is weaker.
 """
 
 from __future__ import annotations
