@@ -54,7 +54,8 @@ Protocol (see rewards/sandbox/runner.py for the host side):
   stdin   one marshalled dict {"nonce": str, "code": str, "tests": [str, ...], "guard": [name]}
           from the trusted host, read fully and closed before any candidate code runs; the tests
           never leave P.
-  stdout  `<nonce> ready`, then `<nonce> result <i> pass` or `<nonce> result <i> fail <hex
+  stdout  STARTED_LINE as soon as P waits for its job (the host starts the run's deadline
+          then, so a sandbox's start-up is not charged to it), `<nonce> ready`, then `<nonce> result <i> pass` or `<nonce> result <i> fail <hex
           reason>` for every test, then `<nonce> done <n_tests>` only if every test was judged.
   P <-> W length-prefixed frames of the tagged encoding. A call W never answers runs into the
           run's deadline (the supervisor kills the sandbox: timeout). W dying (os._exit, a crash)
@@ -81,6 +82,7 @@ _MAX_PLAIN_NODES = 1_000_000  # bound the cost of checking, encoding or decoding
 _MAX_DEPTH = 200
 _REL_TOL, _ABS_TOL = 1e-9, 1e-12  # float tolerance of strict ==
 _MAX_MSG = 16 << 20  # longest W -> P frame
+STARTED_LINE = b"bgpo-harness waiting for its job\n"  # no nonce yet: it proves only start-up
 _MAX_REASON = 300  # longest failure reason / exception message that crosses
 # Modules P never imports for a name W reports: they act at import (open a browser, print, start
 # a GUI, touch the terminal, run the regression tests). Names with a dunder part (`__main__`,
@@ -774,6 +776,7 @@ def main() -> None:
         _worker(req_r, rep_w)
     posix.close(req_r)
     posix.close(rep_w)
+    _write_all(1, STARTED_LINE)
     job = marshal.loads(_read_to_eof(0))  # from the host verifier, which is trusted
     devnull = posix.open("/dev/null", posix.O_RDWR)
     posix.dup2(devnull, 0)

@@ -27,7 +27,8 @@ SandboxConfig.allow_no_memory_cgroup or BGPO_SANDBOX_ALLOW_NO_MEMORY_CGROUP=1 ac
 rlimits-only bound. The probe's reason names the memory mode.
 
 Sandboxed runs take a sandbox started ahead of time (warm.py; SandboxConfig.prestart = 0 turns
-that off): the deadline and CodeRunResult.seconds count from when the job is written to it.
+that off): the deadline and CodeRunResult.seconds count from when the harness says it waits
+for its job (code_harness.STARTED_LINE), so a sandbox started cold is not charged its start-up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from rewards.code_harness import STARTED_LINE
 from rewards.sandbox.launcher import (
     SandboxConfig,
     bwrap_version,
@@ -247,7 +249,7 @@ class CodeSandbox:
         nonce = secrets.token_hex(16)
         try:
             outcome = run_process(argv, marshal.dumps(dict(job, nonce=nonce), 4),
-                                  deadline_s=deadline_s, user=user,
+                                  deadline_s=deadline_s, user=user, started=STARTED_LINE,
                                   stdout_cap=cfg.stdout_cap, stderr_cap=cfg.stderr_cap)
             result = self._judge(outcome, nonce, job, {"unsandboxed_reason": reason})
         finally:
@@ -262,7 +264,7 @@ class CodeSandbox:
         nonce = secrets.token_hex(16)  # 128 bits: never guessable, fresh for every run
         data = marshal.dumps(dict(job, nonce=nonce), 4)  # format 4: readable by Python >= 3.4
         outcome = supervise(proc, data, deadline_s=deadline_s, stdout_cap=self.config.stdout_cap,
-                            stderr_cap=self.config.stderr_cap, watch=watch)
+                            stderr_cap=self.config.stderr_cap, watch=watch, started=STARTED_LINE)
         return self._judge(outcome, nonce, job, extra)
 
     @staticmethod

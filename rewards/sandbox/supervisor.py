@@ -5,7 +5,9 @@ the child does: it never blocks on a full stdin pipe, never waits for EOF that a
 the pipes would withhold, and keeps at most `stdout_cap`/`stderr_cap` bytes. At the end it SIGKILLs
 the child's whole process group. `run_process` is `spawn` then `supervise`; a caller may spawn
 ahead of time (`spawn_async`: the child starts and blocks reading its stdin) and supervise later,
-the deadline counting from `supervise`. `supervise` also polls an optional `watch` (the run's
+the deadline counting from `supervise`, or, given a `started` marker, from when the child writes
+it (the harness does just before it reads its job: start-up of a sandbox that was not started
+ahead of time is then not charged to the run's deadline). `supervise` also polls an optional `watch` (the run's
 memory cgroup, say) and kills the child as soon as it says so.
 
 Two subtleties:
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 _EXIT_GRACE_S = 0.2  # after the child exits, how long to wait for pipe EOF from its descendants
 _STDERR_DRAIN_FACTOR = 16  # stderr beyond stderr_cap * this is treated as an output flood
 _WATCH_EVERY_S = 0.02  # how often `watch` is polled (a cgroup file read: about 20 us)
+START_TIMEOUT_S = 30.0  # longest wait for a child's `started` marker (start-up under heavy load)
 
 
 @dataclass
@@ -127,32 +130,72 @@ def exited(proc: subprocess.Popen) -> bool:
 
 def run_process(argv: list[str], stdin: bytes, *, deadline_s: float, user: int | None = None,
                 env: dict | None = None, stdout_cap: int = 1 << 20,
-                stderr_cap: int = 64 << 10) -> ProcessOutcome:
+                stderr_cap: int = 64 << 10, started: bytes | None = None) -> ProcessOutcome:
     """Run argv (as `user` if given, root only) feeding `stdin`; see the module docstring."""
     start = time.monotonic()
     proc = spawn(argv, user=user, env=env)
     return supervise(proc, stdin, deadline_s=deadline_s, stdout_cap=stdout_cap,
-                     stderr_cap=stderr_cap, start=start)
+                     stderr_cap=stderr_cap, start=None if started else start, started=started)
 
 
 def supervise(proc: subprocess.Popen, stdin: bytes, *, deadline_s: float,
               stdout_cap: int = 1 << 20, stderr_cap: int = 64 << 10,
               start: float | None = None,
-              watch: Callable[[], bool] | None = None) -> ProcessOutcome:
+              watch: Callable[[], bool] | None = None,
+              started: bytes | None = None) -> ProcessOutcome:
     """Feed `stdin` to a spawned child and collect its output until it exits or the deadline
     (counted from `start`, default now) passes; then kill its process group and reap it.
 
     watch: polled every _WATCH_EVERY_S while the child runs; True stops the run at once (the
     caller knows why: the outcome is neither timed out nor overflowed).
+    started: a line the child writes to stdout when it is ready for its input; the deadline then
+    counts from when it arrives (waiting at most START_TIMEOUT_S, not charged to the deadline).
+    A child that exits or stays silent before it is returned unfed, with what it wrote to stderr.
     """
-    start = time.monotonic() if start is None else start
     try:
+        if started is not None and not _await_marker(proc, started):
+            proc.stdin.close()
+            stderr = _drain(proc.stderr, stderr_cap)
+            if not exited(proc):
+                stderr += b"\nstarted, but did not write its start marker (within "
+                stderr += f"{START_TIMEOUT_S:g}s)".encode()
+            return ProcessOutcome(None, b"", stderr, False, False, 0.0)
+        start = time.monotonic() if start is None else start
         out, err, timed_out, overflow = _pump(proc, stdin, start + deadline_s, stdout_cap,
                                               stderr_cap, watch)
     finally:
         discard(proc)
     return ProcessOutcome(proc.returncode, out, err, timed_out, overflow,
                           time.monotonic() - start)
+
+
+def _await_marker(proc: subprocess.Popen, marker: bytes) -> bool:
+    """Read stdout up to and including `marker` (a line the child writes before it reads its
+    input, so nothing else comes first); False if the child exits or stays silent first."""
+    fd, seen = proc.stdout.fileno(), b""
+    end = time.monotonic() + START_TIMEOUT_S
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while len(seen) < len(marker):
+            left = end - time.monotonic()
+            if left <= 0 or not sel.select(min(left, 0.5)):
+                if left <= 0 or _exited(proc.pid):
+                    return False
+                continue
+            chunk = os.read(fd, len(marker) - len(seen))  # never past the marker
+            if not chunk or not marker.startswith(seen + chunk):
+                return False
+            seen += chunk
+    return True
+
+
+def _drain(pipe, cap: int) -> bytes:
+    """What a child that failed to start wrote to stderr (nonblocking, at most `cap` bytes)."""
+    os.set_blocking(pipe.fileno(), False)
+    try:
+        return os.read(pipe.fileno(), cap)
+    except (BlockingIOError, OSError):
+        return b""
 
 
 def discard(proc: subprocess.Popen) -> None:

@@ -257,6 +257,26 @@ def test_output_cap_and_unread_stdin():
     assert not out.timed_out and time.monotonic() - start < 2
 
 
+def test_deadline_counts_from_the_start_marker_not_from_the_spawn():
+    # Start-up (here a 1.5 s sleep before the marker) is not the program's time: a 1 s deadline
+    # still lets a program that then runs for 0.3 s finish, and `seconds` counts from the marker.
+    script = "sleep 1.5; echo started; cat >/dev/null; sleep 0.3; echo done"
+    out = run_process(["/bin/sh", "-c", script], b"job", deadline_s=1.0, started=b"started\n")
+    assert not out.timed_out and out.stdout == b"done\n" and 0.3 <= out.seconds < 1.0, out
+    out = run_process(["/bin/sh", "-c", "echo started; sleep 30"], b"", deadline_s=0.5,
+                      started=b"started\n")
+    assert out.timed_out  # after the marker the deadline holds as ever
+
+
+def test_a_child_that_dies_before_its_start_marker_is_not_fed():
+    out = run_process(["/bin/sh", "-c", "echo bwrap: setup failed >&2; exit 1"], b"job",
+                      deadline_s=5, started=b"started\n")
+    assert out.returncode is None and b"setup failed" in out.stderr and not out.timed_out, out
+    out = run_process(["/bin/sh", "-c", "echo something else; sleep 30"], b"job", deadline_s=5,
+                      started=b"started\n")
+    assert out.returncode is None and out.stdout == b"" and not out.timed_out, out
+
+
 # ----- uid pool --------------------------------------------------------------------------------
 @needs_root
 def test_uid_leases_are_exclusive_across_pools(tmp_path):
