@@ -19,22 +19,58 @@ import time
 from rewards.sandbox import run_tests
 from rewards.types import RewardResult, ScoringOptions
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_FENCE_MARK = "```"
+_LANG = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")  # the language tag at the start of a fence line
 _CODE_LANGS = ("", "python", "py", "python3")
+
+
+def fences(text: str) -> list[tuple[str, str]]:
+    """(language tag, body) of every fenced block, in order: what
+    `re.findall(r"```[ \\t]*([A-Za-z0-9_+-]*)[^\\n]*\\n(.*?)(?:```|\\Z)", text, re.S)` returns,
+    found with `str.find` in one forward pass. That regex is quadratic when a fence line has no
+    newline (its two runs split the rest of the text every way before failing: 38 s for ``` and
+    200,000 letters), and again for each of many ``` with no newline after them.
+
+    A block opens at a ``` that has a newline somewhere after it; its tag is the longest
+    `[A-Za-z0-9_+-]*` after optional blanks (the rest of that line is ignored); its body runs from
+    after that newline to the next ``` or, unterminated, to the end of the text. When a ``` has no
+    newline after it, no later one has either, so the scan stops there.
+    """
+    found: list[tuple[str, str]] = []
+    pos = 0
+    while True:
+        start = text.find(_FENCE_MARK, pos)
+        if start == -1:
+            return found
+        newline = text.find("\n", start + len(_FENCE_MARK))
+        if newline == -1:
+            return found
+        lang = _LANG.match(text, start + len(_FENCE_MARK), newline).group(1)
+        end = text.find(_FENCE_MARK, newline + 1)
+        if end == -1:
+            found.append((lang, text[newline + 1:]))
+            return found
+        found.append((lang, text[newline + 1:end]))
+        pos = end + len(_FENCE_MARK)
 
 
 def fenced_blocks(text: str) -> list[str]:
     """Bodies of ```python / ``` blocks, in order (an unterminated last block included)."""
-    return [body for lang, body in _FENCE.findall(text) if lang.lower() in _CODE_LANGS]
+    return [body for lang, body in fences(text) if lang.lower() in _CODE_LANGS]
+
+
+def function_names(code: str) -> set[str]:
+    """Names of the top-level functions `code` defines (empty if it does not parse)."""
+    tree = try_parse(code)
+    if tree is None:
+        return set()
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
 def defines(code: str, name: str | None) -> bool:
     """True if `code` parses and defines a top-level function `name` (any function if None)."""
-    tree = try_parse(code)
-    if tree is None:
-        return False
-    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-               and (name is None or n.name == name) for n in tree.body)
+    names = function_names(code)
+    return bool(names) if name is None else name in names
 
 
 def try_parse(code: str) -> ast.Module | None:
@@ -48,11 +84,18 @@ def extract_code(completion: str, entry_point: str | None) -> str:
     """The code a completion proposes ('' if none); see the module docstring for the rule."""
     blocks = fenced_blocks(completion)
     if blocks:
-        for want in (entry_point, None):
-            hits = [b for b in blocks if defines(b, want)]
-            if hits:
-                return hits[-1]
-        return blocks[-1]
+        # From the last block back, parsing each block once: the first that defines the entry
+        # point wins; else the first (i.e. last in the text) that defines any function.
+        any_def = None
+        for block in reversed(blocks):
+            names = function_names(block)
+            if entry_point is not None and entry_point in names:
+                return block
+            if any_def is None and names:
+                any_def = block
+                if entry_point is None:
+                    return block
+        return any_def if any_def is not None else blocks[-1]
     code = completion.split("[DONE]", 1)[0]
     stripped = code.strip()
     if len(stripped) >= 2 and stripped[0] == stripped[-1] == "'":

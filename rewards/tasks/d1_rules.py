@@ -26,6 +26,7 @@ scans (the soft one, `re.match` with `.*?` twice, is quadratic on a long first l
 
 from __future__ import annotations
 
+from rewards.tasks.answers import group_end
 from rewards.tasks.hendrycks import strip_string
 
 # ---- GSM8K terms ----
@@ -34,7 +35,8 @@ from rewards.tasks.hendrycks import strip_string
 def xml_answer(text: str) -> str:
     """`extract_xml_answer`: after the last `<answer>`, up to the next `</answer>`, stripped;
     the whole text stripped when there is no `<answer>`."""
-    return text.split("<answer>")[-1].split("</answer>")[0].strip()
+    # rpartition/partition give split(...)[-1] / split(...)[0] without building the pieces.
+    return text.rpartition("<answer>")[2].partition("</answer>")[0].strip()
 
 
 def correctness(text: str, gold: str) -> float:
@@ -48,8 +50,10 @@ def integer(text: str) -> float:
 def strict_format(text: str) -> float:
     """0.5 for `re.match(r"^<reasoning>\\n.*?\\n</reasoning>\\n<answer>\\n.*?\\n</answer>\\n$")`
     without DOTALL: one line of reasoning, one line of answer; `$` also allows one final newline."""
+    if text.count("\n") not in (6, 7):  # before splitting: a megabyte of newlines is no list
+        return 0.0
     lines = text.split("\n")
-    if len(lines) not in (7, 8) or any(lines[6:]):
+    if any(lines[6:]):
         return 0.0
     ok = (lines[0], lines[2], lines[3], lines[5]) == ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
     return 0.5 if ok else 0.0
@@ -94,10 +98,10 @@ def xml_count(text: str) -> float:
         score += 0.125
     if text.count("\n<answer>\n") == 1:
         score += 0.125
-        score -= len(text.split("\n</answer>\n")[-1]) * 0.001
+        score -= len(text.rpartition("\n</answer>\n")[2]) * 0.001
     if text.count("\n</answer>") == 1:
         score += 0.125
-        score -= (len(text.split("\n</answer>")[-1]) - 1) * 0.001
+        score -= (len(text.rpartition("\n</answer>")[2]) - 1) * 0.001
     return score
 
 
@@ -116,21 +120,14 @@ def last_boxed_only(text: str) -> str | None:
     `\\boxed ` anywhere; else the last brace-matched `\\boxed{...}`/`\\fbox{...}` (None when it
     does not close); the whole text when there is neither."""
     if "\\boxed " in text:
-        return "\\boxed " + text.split("\\boxed ")[-1].split("$")[0]
+        return "\\boxed " + text.rpartition("\\boxed ")[2].partition("$")[0]
     start = text.rfind("\\boxed")
     if start < 0:
         start = text.rfind("\\fbox")
         if start < 0:
             return text
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-    return None
+    end = group_end(text, start)
+    return text[start:end + 1] if end >= 0 else None
 
 
 def remove_boxed(s: str) -> str:
@@ -167,7 +164,7 @@ def boxed_in_answer(text: str) -> float:
     else the whole text), plus 1 if that holds a backspace + "oxed", else 0.5."""
     block, reward = text, 0.0
     if "<answer>" in text:
-        block = text.split("<answer>")[1].split("</answer>")[0]
+        block = text.split("<answer>", 2)[1].partition("</answer>")[0]
         reward += 1.0
     reward += 1.0 if "\x08oxed" in block else 0.5  # d1 wrote "\boxed": a backspace, not "\\"
     return reward

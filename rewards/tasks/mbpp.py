@@ -18,7 +18,11 @@ from rewards.types import RewardResult, ScoringOptions
 
 # The function under test is the first name called in an assert, past wrappers the MBPP tests
 # use around it: `assert not f(..)`, `assert set(f(..)) == ..`, `assert math.isclose(f(..), ..)`.
-_CALLED = re.compile(r"assert\s+(?:not\s+)?\(?\s*(?:math\.isclose\(\s*)?(?:set\(\s*)?"
+# Written `(?:\(\s*)?` where it once read `\(?\s*`: the same matches (the blanks that `\s*` took
+# without a parenthesis are ones the `\s+` before it takes), but no two adjacent runs of blanks,
+# which made a search quadratic in a run of blanks after `assert`. Every run here is followed by
+# something it cannot match, so backtracking costs one step per character.
+_CALLED = re.compile(r"assert\s+(?:not\s+)?(?:\(\s*)?(?:math\.isclose\(\s*)?(?:set\(\s*)?"
                      r"([A-Za-z_]\w*)\s*\(")
 
 
