@@ -1,8 +1,11 @@
 """Answer extraction and string normalisation shared by the tasks.
 
 Everything here is linear in the completion length (completions may be megabytes) and never
-evaluates anything. Math equivalence beyond normalised strings lives in `rewards.mathcheck`,
-run in a child process.
+evaluates anything: the scans use `str.find`, and no regex here has two adjacent runs that can
+match the same character (those backtrack quadratically on a long run before failing), except
+`as_number`'s, which only ever sees strings under a hundred characters.
+`tests/rewards/test_linear_parsing.py` times every extractor on 1 MB inputs. Math equivalence
+beyond normalised strings lives in `rewards.mathcheck`, run in a child process.
 """
 
 from __future__ import annotations

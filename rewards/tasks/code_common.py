@@ -7,7 +7,9 @@ whole completion is the code, cut at MBPP's `[DONE]` and unwrapped from the few-
 
 Scoring: 1.0 only if every test passes in the sandbox (rewards.md section 1), else 0 with status
 wrong / timeout / error / no_answer / sandbox_unavailable. Nothing here runs candidate code in
-this process; ast.parse is the only thing that touches it, on text capped in length.
+this process; ast.parse is the only thing that touches it, on text capped in length
+(`rewards.score` cuts completions to `max_completion_chars`), once per fenced block. Finding the
+blocks is one forward pass (`fences`), linear in the completion.
 """
 
 from __future__ import annotations

@@ -21,15 +21,20 @@ Kept as d1 has them (the golden tests hold us to it):
   with the gold answer; `\\boxed 5` (with a space) reads up to the next `$`.
 
 Everything is linear in the completion: the two format regexes are replaced by equivalent
-scans (the soft one, `re.match` with `.*?` twice, is quadratic on a long first line).
+scans (the soft one, `re.match` with `.*?` twice, is quadratic on a long first line), and d1's
+`split(...)[-1]` / `[0]` by `rpartition` / `partition`, which give the same pieces.
 """
 
 from __future__ import annotations
+
+import re
 
 from rewards.tasks.answers import group_end
 from rewards.tasks.hendrycks import strip_string
 
 # ---- GSM8K terms ----
+
+_BLANKS = re.compile(r"\s*")  # what `\s*` matches, i.e. str.isspace() characters
 
 
 def xml_answer(text: str) -> str:
@@ -70,12 +75,12 @@ def soft_format(text: str) -> float:
     dead_lines: set[int] = set()  # ends of lines already known to hold no "</answer>" after k
     pos = text.find("</reasoning>", len(head))
     while pos != -1 and pos + len("</reasoning>") <= first_line_end:
-        j = pos + len("</reasoning>")
-        while j < len(text) and text[j].isspace():  # \s* is greedy; <answer> has no space
-            j += 1
+        j = _BLANKS.match(text, pos + len("</reasoning>")).end()  # greedy; <answer> has no blank
         if text.startswith("<answer>", j):
             k = j + len("<answer>")
-            end = _line_end(text, k)
+            # Not a search per try: every <answer> reached before the first newline shares that
+            # line's end, and at most one run of blanks (the one containing it) gets past it.
+            end = first_line_end if k <= first_line_end else _line_end(text, k)
             if end not in dead_lines:  # a later try on the same line starts further right
                 if text.find("</answer>", k, end) != -1:
                     return 0.5
