@@ -33,6 +33,11 @@ class DashboardSeries:
             "Seconds to score one completion",
             boundaries=[0.001, 0.01, 0.1, 1.0, 10.0],
         )
+        self.verifier_queue = ray_metrics.Histogram(
+            "bgpo_verifier_queue_seconds",
+            "Seconds a completion waited for a verifier slot before it started",
+            boundaries=[0.001, 0.01, 0.1, 1.0, 10.0, 60.0],
+        )
         self.train_phase = ray_metrics.Gauge(
             "bgpo_train_phase", "1 while the run is in this phase", tag_keys=("phase",)
         )
@@ -57,6 +62,8 @@ class DashboardSeries:
             self.verifier_outcomes.inc(count, tags={"task": task, "status": status})
         for latency in extras["latencies"]:
             self.verifier_latency.observe(latency)
+        for seconds in extras.get("queue_seconds", ()):
+            self.verifier_queue.observe(seconds)
         self.queue_depth.set(values.get("perf/queue_depth", 0))
         for role in ("learner", "rollout"):
             if f"perf/{role}_idle" in values:

@@ -33,12 +33,14 @@ def assemble_batch(outputs: list[RolloutBatch], results: list[RewardResult], *, 
     for i, (rollout, result) in enumerate(zip(rollouts, results, strict=True)):
         if version - rollout.policy_version > max_staleness:
             accounting["dropped/stale"] += 1
-        elif not math.isfinite(result.score):
+        elif not math.isfinite(result.score) or result.extra.get("unscored"):
+            # no verdict at all (queue limit, cancelled, closed): its 0.0 is not a reward
             accounting["dropped/unscored"] += 1
         else:
             keep.append(i)
     info = rollout_metrics(outputs, results, version)
-    extras = {"statuses": dict(statuses), "latencies": [r.seconds for r in results]}
+    extras = {"statuses": dict(statuses), "latencies": [r.seconds for r in results],
+              "queue_seconds": [r.extra.get("queue_s", 0.0) for r in results]}
     if not keep:
         return None, info, extras
     kept = [rollouts[i] for i in keep]

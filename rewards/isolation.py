@@ -14,6 +14,10 @@ What it does:
   "module:function" (modules under `rewards.` only) and returns a `CallResult`.
 - Children carry an address-space limit and die with the pool's spawner thread
   (PR_SET_PDEATHSIG), and `get_pool()` gives one shared pool per process.
+- A call's deadline counts from when its request is sent to a child: waiting for a free child
+  (at most `queue_wait_s`, one budget for the whole call) and for a child's start-up (at most
+  `startup_timeout_s`) are not charged to it. A caller that keeps its own deadline (VerifierWorker)
+  learns about those waits through `report_waits(clock)`, so it does not charge them either.
 
 What it does not do: it is not a security sandbox (children run as the same user with the
 same filesystem view); untrusted *code* goes through `rewards.sandbox`, not here. Arguments and
@@ -35,7 +39,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -43,6 +49,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 _ALLOWED_PREFIX = "rewards."
 _DEFAULT_PRELOAD = ("rewards.mathcheck", "rewards.sympycheck")
+DEFAULT_QUEUE_WAIT_S = 120.0  # longest a call waits for a free child before it is an error
+_LOCAL = threading.local()  # .clock: where this thread's waits for a child are reported
 
 
 @dataclass
@@ -53,6 +61,30 @@ class CallResult:
     value: Any = None  # the function's return value when status is "ok"
     detail: str = ""  # error text or timeout note
     seconds: float = 0.0  # wall time from sending the request to the answer or the kill
+
+
+@contextmanager
+def report_waits(clock) -> Iterator[None]:
+    """While inside, this thread's pool calls report waiting for a child (not the caller's work)
+    to `clock.wait_began()` / `clock.wait_ended()` (e.g. a scheduler's ItemClock)."""
+    previous = getattr(_LOCAL, "clock", None)
+    _LOCAL.clock = clock
+    try:
+        yield
+    finally:
+        _LOCAL.clock = previous
+
+
+@contextmanager
+def _waiting() -> Iterator[None]:
+    clock = getattr(_LOCAL, "clock", None)
+    if clock is not None:
+        clock.wait_began()
+    try:
+        yield
+    finally:
+        if clock is not None:
+            clock.wait_ended()
 
 
 def _resolve(spec: str, cache: dict) -> Any:
@@ -229,29 +261,23 @@ class IsolationPool:
         if not self._closed:
             self._idle.put(self._new_child())
 
-    def call(self, spec: str, *args: Any, deadline_s: float, queue_wait_s: float = 120.0) -> CallResult:
-        """Run `spec(*args)` in a child; kill and replace the child if it passes `deadline_s`."""
+    def max_wait_s(self, queue_wait_s: float = DEFAULT_QUEUE_WAIT_S) -> float:
+        """The longest one call can wait before its deadline starts: the queue wait plus two
+        child start-ups (the first child taken may have died idle and be replaced)."""
+        return queue_wait_s + 2 * self._startup_timeout
+
+    def call(self, spec: str, *args: Any, deadline_s: float,
+             queue_wait_s: float = DEFAULT_QUEUE_WAIT_S) -> CallResult:
+        """Run `spec(*args)` in a child; kill and replace the child if it passes `deadline_s`,
+        counted from when the request is sent (waiting for a child is not charged to it)."""
         if self._closed:
             raise RuntimeError("IsolationPool is closed")
         self._count("calls")
-        try:
-            child = self._acquire(queue_wait_s)
-        except queue.Empty:
+        with _waiting():  # not the call's work: its deadline starts when the request is sent
+            child, failure = self._take_child(queue_wait_s)
+        if failure is not None:
             self._count("errors")
-            return CallResult("error", detail=f"no isolation child free within {queue_wait_s}s")
-        except RuntimeError as exc:
-            self._count("errors")
-            self._replace_dead_slot()
-            return CallResult("error", detail=str(exc))
-        if not child.alive():
-            # Died while idle (killed from outside, OOM killer): not this item's fault, so
-            # replace it and take the next child instead of failing the call.
-            self._replace(child)
-            try:
-                child = self._acquire(queue_wait_s)
-            except (queue.Empty, RuntimeError) as exc:
-                self._count("errors")
-                return CallResult("error", detail=f"no live isolation child: {exc}")
+            return failure
         start = time.monotonic()
         try:
             child.conn.send((spec, args))
@@ -277,6 +303,28 @@ class IsolationPool:
             return CallResult("ok", value=payload, seconds=seconds)
         self._count("errors")
         return CallResult("error", detail=str(payload), seconds=seconds)
+
+    def _take_child(self, queue_wait_s: float) -> tuple[_Child | None, CallResult | None]:
+        """A live, started child, or the error saying why none came within `queue_wait_s`
+        (one budget for both tries)."""
+        give_up = time.monotonic() + queue_wait_s
+        try:
+            child = self._acquire(queue_wait_s)
+        except queue.Empty:
+            return None, CallResult("error", detail=f"no isolation child free within "
+                                    f"{queue_wait_s:g}s")
+        except RuntimeError as exc:
+            self._replace_dead_slot()
+            return None, CallResult("error", detail=str(exc))
+        if child.alive():
+            return child, None
+        # Died while idle (killed from outside, OOM killer): not this item's fault, so replace
+        # it and take the next child instead of failing the call.
+        self._replace(child)
+        try:
+            return self._acquire(max(0.0, give_up - time.monotonic())), None
+        except (queue.Empty, RuntimeError) as exc:
+            return None, CallResult("error", detail=f"no live isolation child: {exc}")
 
     def _count(self, key: str) -> None:
         with self._lock:

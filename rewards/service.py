@@ -3,24 +3,33 @@
 `create_app(token)` builds a FastAPI app around one VerifierWorker per preset:
 - `POST /v1/score`  body `{"requests": [{"task", "completion", "item"}], "preset": optional}`;
   answers `{"results": [RewardResult...]}` in request order.
-- `GET /healthz`    liveness (no token: probes need none, and it reveals no data).
+- `GET /healthz`    liveness (no token: probes need none, and it reveals no data; no body).
 - `GET /metrics`    Prometheus text from the app's own CollectorRegistry (token required).
-Every other path needs `Authorization: Bearer <token>`: 401 without one, 403 with a wrong one
-(constant-time compare). Sizes are capped: 413 for a body over `max_body_bytes` (checked while
-it streams in, before parsing), a batch over `max_batch`, or a completion over
-`max_completion_chars`. A malformed body is 422 with the offending field in the message.
+In front of the app, `rewards.http_limits.RequestGuard` decides from the headers alone, before
+any body byte is read: 401/403 without the right `Authorization: Bearer <token>` (every path but
+`/healthz`), 411 for a body without Content-Length, 413 for one over `max_body_bytes` (or any
+body to `/healthz`), 503 when admitted bodies would hold more than `max_inflight_body_bytes`;
+then it reads the body within `body_idle_s` per chunk and `body_timeout_s` in all (else 408).
+A batch over `max_batch` or a completion over `max_completion_chars` is 413, a malformed body
+422 with the offending field in the message.
 
-`serve()` runs it under uvicorn; `main(argv)` is the `bgpo serve-rewards` subcommand. The service
+`make_server()` puts it under uvicorn with the connection limits (`max_connections`: 503 past
+it; a deadline for each request head; keep-alive and header-size limits); `serve()` runs that
+until SIGTERM or Ctrl-C and returns normally, so the process exits through interpreter shutdown
+and the atexit cleanups run (staged harness folder, isolation children, prestarted sandboxes).
+`main(argv)` is the `bgpo serve-rewards` subcommand; it exits 0 after a SIGTERM. The service
 refuses to start without a token. It does not do TLS: bind to loopback or put it behind a proxy.
 """
 
 from __future__ import annotations
 
 import argparse
-import hmac
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -37,12 +46,13 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rewards import PRESETS
+from rewards.http_limits import OPEN_PATH, HeadTimeoutH11Protocol, RequestGuard, check_limits
 from rewards.tasks import canonical_name
 from rewards.types import ScoringOptions
 from rewards.verifier import VerifierWorker
 
 TOKEN_ENV = "BGPO_REWARDS_TOKEN"
-OPEN_PATHS = frozenset({"/healthz"})
+MiB = 1 << 20
 
 
 class ScoreItem(BaseModel):
@@ -88,66 +98,6 @@ class ScoreResponse(BaseModel):
     results: list[ScoreResult]
 
 
-class _Guard:
-    """ASGI middleware: bearer token, then a streaming body-size cap, before FastAPI parses."""
-
-    def __init__(self, app, token: str, max_body_bytes: int, requests_total: Counter) -> None:
-        self.app, self.token = app, token.encode()
-        self.max_body_bytes, self.requests_total = max_body_bytes, requests_total
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        if path not in OPEN_PATHS:
-            headers = dict(scope["headers"])
-            auth = headers.get(b"authorization", b"")
-            if not auth.lower().startswith(b"bearer "):
-                return await self._reject(send, path, 401, "missing bearer token")
-            if not hmac.compare_digest(auth[7:].strip(), self.token):
-                return await self._reject(send, path, 403, "wrong token")
-            length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                return await self._reject(send, path, 413, f"body over {self.max_body_bytes} bytes")
-        # Read the whole body here, counting as it streams (chunked uploads carry no
-        # Content-Length), so an oversize body is refused before anything parses it. FastAPI
-        # would buffer it anyway; an exception raised inside its body read would become a 400.
-        chunks, seen, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunks.append(message.get("body", b""))
-            seen += len(chunks[-1])
-            if seen > self.max_body_bytes:
-                return await self._reject(send, path, 413, f"body over {self.max_body_bytes} bytes")
-            more = message.get("more_body", False)
-        replayed = False
-
-        async def replay_receive():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        async def counting_send(message):
-            if message["type"] == "http.response.start":
-                self.requests_total.labels(path=_path_label(path), code=str(message["status"])).inc()
-            await send(message)
-
-        await self.app(scope, replay_receive, counting_send)
-
-    async def _reject(self, send, path: str, code: int, detail: str) -> None:
-        self.requests_total.labels(path=_path_label(path), code=str(code)).inc()
-        body = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if code == 401:
-            headers.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
 class _AsciiJSONResponse(JSONResponse):
     """JSON with non-ASCII escaped: a row's text may hold lone surrogates, which the default
     UTF-8 rendering cannot encode (a 500); `\\udXXX` escapes are valid JSON."""
@@ -170,13 +120,17 @@ def _path_label(path: str) -> str:
 
 
 def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
-               max_completion_chars: int = 100_000, max_body_bytes: int = 64 << 20,
-               max_concurrency: int = 2, options: ScoringOptions | None = None) -> FastAPI:
-    """The verification app. `token` must be non-empty."""
+               max_completion_chars: int = 100_000, max_body_bytes: int = 64 * MiB,
+               max_inflight_body_bytes: int = 256 * MiB, body_timeout_s: float = 30.0,
+               body_idle_s: float = 10.0, max_concurrency: int = 2,
+               options: ScoringOptions | None = None) -> FastAPI:
+    """The verification app behind its RequestGuard (see the module docstring for the limits).
+    `token` must be non-empty."""
     if not token:
         raise ValueError("the rewards service needs a non-empty bearer token")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    check_limits(max_body_bytes, max_inflight_body_bytes, body_timeout_s, body_idle_s)
     options = options or ScoringOptions()
     registry = CollectorRegistry()
     items_total = Counter("bgpo_reward_items", "Scored completions", ["task", "status"],
@@ -184,6 +138,9 @@ def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
     item_seconds = Histogram("bgpo_reward_item_seconds", "Seconds to score one completion",
                              ["task"], registry=registry,
                              buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 30))
+    queue_seconds = Histogram("bgpo_reward_queue_seconds", "Seconds a completion waited for a "
+                              "verifier slot before it started", ["task"], registry=registry,
+                              buckets=(0.001, 0.01, 0.1, 1, 5, 15, 60, 300))
     requests_total = Counter("bgpo_reward_http_requests", "HTTP requests", ["path", "code"],
                              registry=registry)
     pool_alive = Gauge("bgpo_reward_isolation_idle_alive", "Idle isolation children alive",
@@ -197,7 +154,15 @@ def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
         return workers[name]
 
     worker_for(preset)
-    app = FastAPI(title="bgpo rewards", version="1", default_response_class=_AsciiJSONResponse)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        for worker in list(workers.values()):  # queued items are dropped, running ones finish
+            worker.close()
+
+    app = FastAPI(title="bgpo rewards", version="1", default_response_class=_AsciiJSONResponse,
+                  lifespan=lifespan)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -220,9 +185,10 @@ def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
         for req, result in zip(body.requests, results, strict=True):
             items_total.labels(task=req.task, status=result.status).inc()
             item_seconds.labels(task=req.task).observe(result.seconds)
+            queue_seconds.labels(task=req.task).observe(result.extra.get("queue_s", 0.0))
         return ScoreResponse(results=[ScoreResult(**r.to_dict()) for r in results])
 
-    @app.get("/healthz")
+    @app.get(OPEN_PATH)
     def healthz() -> dict:
         health = worker_for(preset).health()
         return {"ok": health["ok"], "sandbox_available": health["sandbox"]["available"]}
@@ -233,8 +199,12 @@ def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
         pool_alive.set(pool["idle_alive"])
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes,
-                       requests_total=requests_total)
+    def on_status(path: str, code: int) -> None:
+        requests_total.labels(path=_path_label(path), code=str(code)).inc()
+
+    app.add_middleware(RequestGuard, token=token, max_body_bytes=max_body_bytes,
+                       max_inflight_body_bytes=max_inflight_body_bytes,
+                       body_timeout_s=body_timeout_s, body_idle_s=body_idle_s, on_status=on_status)
     return app
 
 
@@ -249,12 +219,65 @@ def resolve_token(token: str | None = None, token_file: str | None = None) -> st
     return token
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **app_kwargs) -> None:
-    """Run the service under uvicorn until interrupted."""
+def make_server(app, host: str = "127.0.0.1", port: int = 8000, *, max_connections: int = 64,
+                keep_alive_s: int = 5, head_timeout_s: float = 10.0,
+                max_header_bytes: int = 16 * 1024, shutdown_timeout_s: int = 30,
+                log_level: str = "info"):
+    """A uvicorn.Server for `app` with the connection limits.
+
+    max_connections: open connections served at once; a request on one more is answered 503
+      (uvicorn's limit_concurrency counts the new connection itself, hence the +1).
+    keep_alive_s: an idle connection between requests is closed after this.
+    head_timeout_s: each request's line and headers must arrive within this (HeadTimeoutH11Protocol).
+    max_header_bytes: h11's cap on a request head; larger is 400.
+    shutdown_timeout_s: on SIGTERM, requests still running after this are cancelled.
+    """
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
-    uvicorn.run(create_app(resolve_token(token), **app_kwargs), host=host, port=port,
-                log_level="info")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, lifespan="on",
+        http=HeadTimeoutH11Protocol.with_head_timeout(head_timeout_s),  # h11: its limits hold
+        ws="none", limit_concurrency=max_connections + 1, timeout_keep_alive=keep_alive_s,
+        h11_max_incomplete_event_size=max_header_bytes,
+        timeout_graceful_shutdown=shutdown_timeout_s)
+    return uvicorn.Server(config)
+
+
+SERVER_KWARGS = ("max_connections", "keep_alive_s", "head_timeout_s", "max_header_bytes",
+                 "shutdown_timeout_s")
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **kwargs) -> None:
+    """Run the service under uvicorn until SIGTERM or Ctrl-C, then return.
+
+    `kwargs` are make_server's limits (SERVER_KWARGS) and create_app's keywords. After a graceful
+    shutdown uvicorn re-raises the signal it caught, to die of it; under the default SIGTERM
+    action that kills the process before atexit runs, which left the staged harness folder
+    behind. So the handlers that uvicorn restores and re-raises into are ours: they only ask
+    the server to stop, and serve() returns normally.
+    """
+    server_kwargs = {k: kwargs.pop(k) for k in SERVER_KWARGS if k in kwargs}
+    state: dict = {}
+
+    def stop(signum, frame) -> None:  # before uvicorn starts, or its re-raise after it stopped
+        state["stop"] = True
+        if "server" in state:
+            state["server"].should_exit = True
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, stop) for sig in handled} if on_main else {}
+    try:
+        server = make_server(create_app(resolve_token(token), **kwargs), host, port,
+                             **server_kwargs)
+        state["server"] = server
+        if not state.get("stop"):
+            server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def add_serve_rewards_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -264,26 +287,54 @@ def add_serve_rewards_args(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--token-file", default=None,
                         help=f"file holding the bearer token (else ${TOKEN_ENV})")
     parser.add_argument("--preset", default="bgpo", choices=PRESETS)
-    parser.add_argument("--max-concurrency", type=int, default=2)
-    parser.add_argument("--max-batch", type=int, default=1024)
+    parser.add_argument("--max-concurrency", type=int, default=2, help="completions scored at once")
+    parser.add_argument("--max-batch", type=int, default=1024, help="completions per request")
+    parser.add_argument("--max-completion-chars", type=int, default=100_000)
     parser.add_argument("--deadline-s", type=float, default=10.0, help="per-completion deadline")
+    limits = parser.add_argument_group("limits on clients (see rewards.http_limits)")
+    limits.add_argument("--max-body-bytes", type=int, default=64 * MiB,
+                        help="largest request body (413 past it)")
+    limits.add_argument("--max-inflight-body-bytes", type=int, default=256 * MiB,
+                        help="bytes of bodies admitted at once, all connections (503 past it)")
+    limits.add_argument("--body-timeout-s", type=float, default=30.0,
+                        help="time to send a whole body (408 past it)")
+    limits.add_argument("--body-idle-s", type=float, default=10.0,
+                        help="longest pause between body chunks (408 past it)")
+    limits.add_argument("--max-connections", type=int, default=64,
+                        help="open connections served at once (503 past it)")
+    limits.add_argument("--head-timeout-s", type=float, default=10.0,
+                        help="time to send a request line and headers (connection closed past it)")
+    limits.add_argument("--keep-alive-s", type=int, default=5, help="seconds an idle keep-alive connection stays open")
     return parser
 
 
 def run_serve_rewards(args: argparse.Namespace) -> int:
-    """Entry point for parsed `serve-rewards` arguments; returns the exit status."""
+    """Entry point for parsed `serve-rewards` arguments; returns the exit status: 0 after a
+    SIGTERM or Ctrl-C (the shutdown was asked for and completed), 2 for a bad setting."""
     try:
         token = resolve_token(token_file=args.token_file)
     except (ValueError, OSError) as exc:
         print(f"bgpo serve-rewards: {exc}", file=sys.stderr)
         return 2
-    serve(args.host, args.port, token, preset=args.preset, max_batch=args.max_batch,
-          max_concurrency=args.max_concurrency, options=ScoringOptions(deadline_s=args.deadline_s))
+    try:
+        serve(args.host, args.port, token, preset=args.preset, max_batch=args.max_batch,
+              max_completion_chars=args.max_completion_chars,
+              max_concurrency=args.max_concurrency,
+              options=ScoringOptions(deadline_s=args.deadline_s),
+              max_body_bytes=args.max_body_bytes,
+              max_inflight_body_bytes=args.max_inflight_body_bytes,
+              body_timeout_s=args.body_timeout_s, body_idle_s=args.body_idle_s,
+              max_connections=args.max_connections, head_timeout_s=args.head_timeout_s,
+              keep_alive_s=args.keep_alive_s)
+    except ValueError as exc:  # a limit that makes no sense, raised before the server starts
+        print(f"bgpo serve-rewards: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_serve_rewards_args(argparse.ArgumentParser(prog="bgpo serve-rewards"))
+    parser = add_serve_rewards_args(argparse.ArgumentParser(
+        prog="bgpo serve-rewards", formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     return run_serve_rewards(parser.parse_args(argv))
 
 

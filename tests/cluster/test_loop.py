@@ -31,7 +31,8 @@ from rollout.worker import RolloutWorker
 
 
 class FakePools:
-    def __init__(self, config, data: RunData, *, workers: int = 2, unscored_steps=()) -> None:
+    def __init__(self, config, data: RunData, *, workers: int = 2, unscored_steps=(),
+                 unscored=lambda: RewardResult(math.nan, "error", "verifier unavailable")) -> None:
         self.config, self.data = config, data
         self.learner = LearnerWorker(build_policy(config), config.learner, seed=config.seed)
         self.workers = {f"rollout-{i}": RolloutWorker(f"rollout-{i}", build_policy(config), config.rollout.sampling,
@@ -39,6 +40,7 @@ class FakePools:
                         for i in range(workers)}
         self.verifier = VerifierWorker(preset=config.task.preset)
         self.unscored_steps = set(unscored_steps)  # steps whose every verification fails
+        self.unscored = unscored  # what such a verification returns
         self.turn, self.checkpoints, self.synced, self.scored_step = 0, [], [], None
 
     def rollout_workers(self):
@@ -68,7 +70,7 @@ class FakePools:
 
     def score(self, rollouts):
         if self.scored_step in self.unscored_steps:
-            return [RewardResult(math.nan, "error", "verifier unavailable") for _ in rollouts]
+            return [self.unscored() for _ in rollouts]
         return self.verifier.score_batch([{"task": self.config.task.name, "completion": r.text,
                                            "item": self.data.train_rows[r.item_index]} for r in rollouts])
 
@@ -101,11 +103,11 @@ class FakePools:
         pass
 
 
-def _run(tmp_path, *overrides, state=None, workers=2, unscored_steps=()):
+def _run(tmp_path, *overrides, state=None, workers=2, unscored_steps=(), **pool_options):
     config = load_config(None, [*TINY_RUN, f"output_dir={tmp_path}", "warmup.steps=0",
                                 "trainer.total_steps=3", *overrides])
     data = RunData(config, log=lambda _: None)
-    pools = FakePools(config, data, workers=workers, unscored_steps=unscored_steps)
+    pools = FakePools(config, data, workers=workers, unscored_steps=unscored_steps, **pool_options)
     lines: list[str] = []
     metrics = MetricsLog(tmp_path / "run")
     loop = TrainingLoop(config, pools, data.train_prompt_ids, pad_id=data.pad_id, metrics=metrics,
@@ -138,8 +140,14 @@ def test_asynchronous_samples_are_one_version_behind_with_their_own_behaviour_te
     assert summary["accounting"]["trained"] == summary["accounting"]["generated"]
 
 
-def test_a_step_with_nothing_to_train_leaves_the_version_behind(tmp_path):
-    summary, pools, loop, lines, records = _run(tmp_path, unscored_steps={1})
+# A verifier that is down answers NaN; one that never started an item (queue limit, cancelled,
+# closed: rewards/scheduler.py) answers 0.0 marked unscored. Neither is a reward to train on.
+@pytest.mark.parametrize("unscored", [
+    lambda: RewardResult(math.nan, "error", "verifier unavailable"),
+    lambda: RewardResult(0.0, "error", "queued for 9 s behind 4 items", extra={"unscored": "queue"}),
+], ids=["nan", "never-started"])
+def test_a_step_with_nothing_to_train_leaves_the_version_behind(tmp_path, unscored):
+    summary, pools, loop, lines, records = _run(tmp_path, unscored_steps={1}, unscored=unscored)
     assert (summary["steps"], summary["version"]) == (3, 2)
     assert summary["accounting"]["dropped/unscored"] == 16
     assert summary["accounting"]["generated"] == summary["accounting"]["trained"] + 16
