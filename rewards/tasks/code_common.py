@@ -7,9 +7,9 @@ whole completion is the code, cut at MBPP's `[DONE]` and unwrapped from the few-
 
 Scoring: 1.0 only if every test passes in the sandbox (rewards.md section 1), else 0 with status
 wrong / timeout / error / no_answer / sandbox_unavailable. Nothing here runs candidate code in
-this process; ast.parse is the only thing that touches it, on text capped in length
-(`rewards.score` cuts completions to `max_completion_chars`), once per fenced block. Finding the
-blocks is one forward pass (`fences`), linear in the completion.
+this process, and nothing here parses it there either: ast.parse of candidate text runs in an
+isolation child under the deadline (`isolated`), because CPython's parser is not linear on every
+input. Finding the fenced blocks is one forward pass (`fences`), linear in the completion.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from __future__ import annotations
 import ast
 import re
 import time
+from dataclasses import replace
 
+from rewards.isolation import CallResult, run_isolated
 from rewards.sandbox import run_tests
 from rewards.types import RewardResult, ScoringOptions
 
@@ -103,6 +105,19 @@ def extract_code(completion: str, entry_point: str | None) -> str:
     if len(stripped) >= 2 and stripped[0] == stripped[-1] == "'":
         code = stripped[1:-1]  # MBPP few-shot answers are written as '...code...'
     return code.replace("\r\n", "\n")
+
+
+def isolated(spec: str, *args: object, options: ScoringOptions) -> tuple[CallResult, ScoringOptions]:
+    """Run `spec(*args)`, a step that parses candidate text (`extract_code`, HumanEval's
+    `candidate_program`), in an isolation child under `options.deadline_s`. Returns its result and
+    `options` with the deadline left for the sandbox: the deadline covers parsing and running.
+
+    Why a child: ast.parse is not linear on every input. CPython 3.11's parser is quadratic in the
+    replacement fields of one f-string (66,000 `{x}`: 2.2 s a parse), and HumanEval parses a
+    completion up to eight times: 16 s to score one, holding the scoring process's GIL throughout.
+    """
+    call = run_isolated(spec, *args, deadline_s=options.deadline_s)
+    return call, replace(options, deadline_s=max(0.0, options.deadline_s - call.seconds))
 
 
 def score_in_sandbox(program: str, tests: list[str], options: ScoringOptions, *,

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import rewards
+from rewards.isolation import report_waits
 from rewards.tasks import (
     answers,
     bgpo_math,
@@ -190,40 +191,62 @@ HUMANEVAL_ROW = CODE_ROWS["humaneval"][0]["row"]
 MBPP_ROW = CODE_ROWS["mbpp"][0]["row"]
 BOXED_FRAC = "\\boxed{\\frac" + "1" * HEAD + "x}"
 
-# (task, presets, row, completion of over a megabyte, expected status)
+# One f-string with 66,000 replacement fields: CPython 3.11 takes 2.2 s to ast.parse it, and
+# HumanEval parses a completion up to eight times. Those parses run in an isolation child, killed
+# at the deadline (2 s here, to keep the test short).
+F_STRING_BOMB = '```python\nx = f"' + "{x}" * 66_000 + '"\n```'
+
+# (task, presets, row, completion of over a megabyte, expected status, deadline_s)
 HUGE = [
-    ("math", ("bgpo", "d1", "lenient"), MATH_ROW, BOXED_FRAC + fill("{"), "wrong"),
-    ("math", ("bgpo", "lenient"), MATH_ROW, "\\boxed{" + fill("{"), "no_answer"),
-    ("gsm8k", ("bgpo", "d1", "lenient"), MATH_ROW, BOXED_FRAC + fill("<answer>"), "wrong"),
-    ("gsm8k", ("d1",), MATH_ROW, "<reasoning>" + fill("</reasoning> <answer>", 4 * MB), "wrong"),
+    ("math", ("bgpo", "d1", "lenient"), MATH_ROW, BOXED_FRAC + fill("{"), "wrong", 10),
+    ("math", ("bgpo", "lenient"), MATH_ROW, "\\boxed{" + fill("{"), "no_answer", 10),
+    ("gsm8k", ("bgpo", "d1", "lenient"), MATH_ROW, BOXED_FRAC + fill("<answer>"), "wrong", 10),
+    ("gsm8k", ("d1",), MATH_ROW, "<reasoning>" + fill("</reasoning> <answer>", 4 * MB), "wrong", 10),
     ("countdown", ("bgpo", "d1", "lenient"), COUNTDOWN_ROW,
-     "<answer>1" + "+" * HEAD + "2</answer>" + fill("<answer>"), "wrong"),
-    ("countdown", ("compact",), COUNTDOWN_ROW, "1" + fill("+") + "2", "wrong"),
+     "<answer>1" + "+" * HEAD + "2</answer>" + fill("<answer>"), "wrong", 10),
+    ("countdown", ("compact",), COUNTDOWN_ROW, "1" + fill("+") + "2", "wrong", 10),
     ("sudoku", ("bgpo", "d1", "lenient"), SUDOKU_ROW,
-     "<answer>" + "1" * HEAD + "</answer>" + fill("<answer>"), "wrong"),
-    ("sudoku", ("compact",), SUDOKU_ROW, fill("1"), "wrong"),
-    ("humaneval", ("bgpo", "d1", "lenient"), HUMANEVAL_ROW, "```" + fill("a"), "wrong"),
-    ("humaneval", ("bgpo",), HUMANEVAL_ROW, fill("```"), "wrong"),
-    ("mbpp", ("bgpo",), MBPP_ROW, "```" + fill("a"), "wrong"),
+     "<answer>" + "1" * HEAD + "</answer>" + fill("<answer>"), "wrong", 10),
+    ("sudoku", ("compact",), SUDOKU_ROW, fill("1"), "wrong", 10),
+    ("humaneval", ("bgpo", "d1", "lenient"), HUMANEVAL_ROW, "```" + fill("a"), "wrong", 10),
+    ("humaneval", ("bgpo",), HUMANEVAL_ROW, fill("```"), "wrong", 10),
+    ("humaneval", ("bgpo",), HUMANEVAL_ROW, F_STRING_BOMB + fill(" "), "timeout", 2),
+    ("mbpp", ("bgpo",), MBPP_ROW, "```" + fill("a"), "wrong", 10),
+    ("mbpp", ("bgpo",), MBPP_ROW, F_STRING_BOMB + fill(" "), "timeout", 2),
 ]
 
 
-@pytest.mark.parametrize(("task", "preset", "row", "completion", "status"),
-                         [(t, p, r, c, st) for t, presets, r, c, st in HUGE for p in presets],
-                         ids=[f"{t}-{p}-{i}" for i, (t, presets, _, _, _) in enumerate(HUGE) for p in presets])
+class WaitClock:
+    """Adds up the time the isolation pool reports waiting for a free or starting child."""
+
+    def __init__(self) -> None:
+        self.waited, self._since = 0.0, 0.0
+
+    def wait_began(self) -> None:
+        self._since = time.monotonic()
+
+    def wait_ended(self) -> None:
+        self.waited += time.monotonic() - self._since
+
+
+@pytest.mark.parametrize(("task", "preset", "row", "completion", "status", "deadline_s"),
+                         [(t, p, r, c, st, d) for t, presets, r, c, st, d in HUGE for p in presets],
+                         ids=[f"{t}-{p}-{i}" for i, (t, presets, *_) in enumerate(HUGE) for p in presets])
 def test_score_answers_a_huge_adversarial_completion_within_its_deadline(task, preset, row, completion,
-                                                                          status):
-    options = ScoringOptions()
-    results = []
+                                                                          status, deadline_s):
+    options = ScoringOptions(deadline_s=deadline_s)
+    results, waits = [], WaitClock()
     start = time.monotonic()
-    cpu = cpu_seconds(lambda: results.append(rewards.score(task, completion, row, preset=preset)))
-    wall = time.monotonic() - start
+    with report_waits(waits):
+        cpu = cpu_seconds(lambda: results.append(rewards.score(task, completion, row, preset=preset,
+                                                               options=options)))
+    wall = time.monotonic() - start - waits.waited  # a child's start-up is not the item's time
     result = results[0]
     if result.status == "sandbox_unavailable":
         pytest.skip("no code sandbox here")
-    assert result.status == status, result.detail
+    assert result.status == status and result.score < 1.0, (result.status, result.detail)
     assert result.extra["truncated_to"] == CAP
-    assert wall < options.deadline_s
+    assert wall < deadline_s + 1.0  # a timeout answers at the deadline, plus the child's kill
     assert cpu < CPU_BOUND_S, f"{cpu:.2f}s of CPU in the scoring process"
 
 
