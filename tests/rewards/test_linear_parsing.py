@@ -58,7 +58,6 @@ def fill(unit: str, size: int = MB) -> str:
 PUZZLE, SOLUTION = "1000000000000000", "1234341221434321"
 CODE_ROWS = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "rewards" / "code_rows.json")
                        .read_text())
-MBPP_PROMPT = CODE_ROWS["mbpp"][0]["row"]["prompt"]
 
 
 def mbpp_entry(text: str):
@@ -267,9 +266,9 @@ def test_score_answers_a_huge_adversarial_completion_within_its_deadline(task, p
 
 
 def test_the_cap_applies_before_any_task_parses(monkeypatch):
-    """A 10 MB completion reaches the task already cut to max_completion_chars, and the cut
-    comes before the surrogate repair (which would otherwise encode all 10 MB)."""
-    seen = []
+    """A 10 MB completion is cut to max_completion_chars before anything reads it: the surrogate
+    repair and the task both get the head only."""
+    repaired, seen = [], []
 
     class Spy:
         name, presets = "spy", ("bgpo",)
@@ -278,10 +277,11 @@ def test_the_cap_applies_before_any_task_parses(monkeypatch):
             seen.append(completion)
             return rewards.RewardResult(0.0, "wrong")
 
+    encodable = rewards._encodable
+    monkeypatch.setattr(rewards, "_encodable", lambda text: repaired.append(len(text)) or encodable(text))
     monkeypatch.setattr(rewards, "get_task", lambda name: Spy())
-    huge = "a" * (CAP - 1) + "\U0001F600" + "\ud800" * (10 * MB)
-    result = rewards.score("spy", huge, {})
-    assert [len(c) for c in seen] == [CAP] and seen[0].endswith("a\U0001F600")
+    result = rewards.score("spy", "a" * CAP + "\ud800" * (10 * MB), {})
+    assert repaired == [CAP] and seen == ["a" * CAP]
     assert result.extra["truncated_to"] == CAP
     small = rewards.score("spy", "b" * 10, {}, options=ScoringOptions(max_completion_chars=4))
     assert seen[-1] == "bbbb" and small.extra["truncated_to"] == 4
