@@ -17,11 +17,19 @@ thread bombs, infinite loops, sleeps, memory hogs, writes outside the sandbox, f
 files, network access, reading host secrets (environment, other processes, /etc/shadow, the
 project), signalling host processes, huge output, fake exit codes and pass markers, AlwaysEqual
 objects, daemons, segfaults, fd exhaustion, recursion, reading stdin, shells and namespaces.
+Reward hacks on the verdict (tests/rewards/test_verdict_isolation.py): the tests run in the
+harness's trusted process and the candidate only answers calls as plain data, so patching the
+harness module, the standard-library modules the tests import, or builtins, forging report lines
+or frames on any descriptor, and reading expected values from frames, gc or inspect change only
+the candidate's own return values (rewards/code_harness.py).
 What it does NOT protect against: kernel exploits (it shares the host kernel; no seccomp filter
 is installed), CPU/memory contention with the host beyond the rlimits (no cgroups: a run may use
 a full core and up to 1 GiB of address space per process, times the number of processes), and
-candidate code that introspects the harness's own process to forge its per-test reports (see
-rewards/code_harness.py). Not root: see rewards/sandbox/runner.py for what is weaker.
+what the candidate can learn from the arguments it is called with (it must see them to answer;
+it never sees the tests' source or expected values). Tests that need more than plain data from
+the candidate (attributes or methods of its objects, callbacks into test-defined functions) fail
+rather than pass: see the fallbacks in rewards/code_harness.py. Not root: see
+rewards/sandbox/runner.py for what is weaker.
 """
 
 from __future__ import annotations

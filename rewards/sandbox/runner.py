@@ -1,6 +1,7 @@
 """Run candidate code against tests in the sandbox and read the verdict from the harness.
 
-The verdict comes only from nonce-prefixed lines of the trusted harness (rewards/code_harness.py):
+The verdict comes only from nonce-prefixed lines of the trusted harness (rewards/code_harness.py),
+whose trusted process runs the tests and calls the candidate's code in another process:
 all tests pass only if there is a `pass` line for every test AND the final `done <n>` line.
 The exit status and every other byte of output are ignored, so `sys.exit(0)`, `os._exit(0)` and
 printed "PASS" markers earn nothing (DARE counted exit status 0 as a pass).

@@ -1,9 +1,14 @@
 """Rewrite TEST code so its comparisons and truth tests use the harness's strict comparator.
 
 `assert candidate(x) == y` becomes `assert __bgpo_truth__(__bgpo_cmp__(('Eq',), candidate(x), y))`;
-inside the sandbox those names are bound to rewards/code_harness.py's _strict_cmp/_strict_truth,
-which accept only builtin values (so an object whose __eq__ always returns True fails).
-Runs on the host, on trusted test code only (dataset tests), never on candidate code.
+the harness binds those names to rewards/code_harness.py's _strict_cmp/_strict_truth in its
+trusted process P, where the tests run. The values there are already plain (candidate results
+cross as plain data, or as opaque handles), so the rewrite is no longer what keeps a custom
+__eq__ out; it stays because it defines the comparison semantics the tasks were scored with
+(floats within a tolerance, 1 == 1.0 == True, a list never equal to a tuple) and refuses the
+handles and remote iterators that stand for candidate objects.
+Runs on the host, on trusted test code only (dataset tests), never on candidate code; doing it
+here spares every sandboxed run the import of `ast`.
 
 Does not change: identity tests (`is`), arithmetic, calls. A comparison chain's operands are
 all evaluated before comparing (Python stops at the first false link); tests do not rely on it.

@@ -7,8 +7,10 @@ prompt's code (HumanEval/10, /38, /50 define helpers before it).
 
 The completion may be a full function (fenced or not) or a continuation of the prompt's body; the
 program run is the prompt's code followed by the completion's code either way, so prompt imports
-and helpers are there. The test runs the prompt's helpers again in the test's own scope, so a
-candidate that redefines a helper the check relies on (HumanEval/32's poly) cannot fool it.
+and helpers are there. The test (check_source) carries the prompt's helpers itself, and the
+harness runs tests in its trusted process, apart from the candidate's (rewards/code_harness.py):
+so a candidate that redefines a helper the check relies on (HumanEval/32's poly), or patches a
+module the check imports (math, random), cannot fool it.
 """
 
 from __future__ import annotations
@@ -39,13 +41,56 @@ def entry_point(code: str) -> str | None:
 
 
 def helper_source(code: str, entry: str) -> str:
-    """The prompt's code minus the entry point's stub: imports, helpers, constants."""
+    """The prompt's code minus the entry point's stub: imports, helpers, constants.
+
+    Imports from `typing` that nothing uses outside an annotation are left out: the test runs
+    with postponed annotations (see check_source), where they do nothing, and importing typing
+    would cost the harness's trusted process about 5 ms per run.
+    """
     tree = try_parse(code)
     if tree is None:
         return ""
-    keep = [ast.get_source_segment(code, n) or "" for n in tree.body
+    body = [n for n in tree.body
             if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry)]
-    return "\n\n".join(keep)
+    used = _runtime_names(ast.Module(body=body, type_ignores=[]))
+    body = [n for n in body if not (_imports_typing(n) and not used & _bound_names(n))]
+    body.sort(key=lambda n: not (isinstance(n, ast.ImportFrom) and n.module == "__future__"))
+    return "\n\n".join(ast.get_source_segment(code, n) or "" for n in body)  # futures first
+
+
+def check_source(prompt: str, entry: str, check: str) -> str:
+    """The test run in the harness's trusted process: the prompt's helpers (so a candidate that
+    redefines one the check relies on, like HumanEval/32's poly, cannot fool it), the row's
+    check() and its call on the entry point."""
+    return (f"from __future__ import annotations\n{helper_source(prompt, entry)}\n\n{check}\n\n"
+            f"check({entry})\n")
+
+
+def _imports_typing(node: ast.stmt) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.module == "typing" and node.level == 0
+    return isinstance(node, ast.Import) and all(a.name == "typing" for a in node.names)
+
+
+def _bound_names(node: ast.stmt) -> set[str]:
+    """Names an import statement binds."""
+    names = getattr(node, "names", [])
+    return {a.asname or a.name.split(".")[0] for a in names}
+
+
+def _runtime_names(tree: ast.AST) -> set[str]:
+    """Names read anywhere except inside annotations (which postponed annotations never run)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        anns = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            anns.append(node.returns)
+        elif isinstance(node, (ast.arg, ast.AnnAssign)):
+            anns.append(node.annotation)
+        for ann in anns:
+            if ann is not None:
+                skip.update(id(n) for n in ast.walk(ann))
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in skip}
 
 
 def build_program(completion_code: str, prompt: str, entry: str) -> str | None:
@@ -117,6 +162,5 @@ class HumanEvalTask(Task):
         if program is None:
             return failure("wrong", f"no valid definition of {entry}() in the completion",
                            started, entry_point=entry)
-        test = f"{helper_source(prompt, entry)}\n\n{check}\n\ncheck({entry})\n"
-        return score_in_sandbox(program, [test], options, entry=entry, started=started,
-                                extra={"entry_point": entry})
+        return score_in_sandbox(program, [check_source(prompt, entry, check)], options,
+                                entry=entry, started=started, extra={"entry_point": entry})

@@ -15,7 +15,14 @@ import rewards.sandbox.runner as runner_mod
 from rewards.sandbox import CodeSandbox, SandboxConfig
 from rewards.tasks.base import Task
 from rewards.tasks.code_common import extract_code
-from rewards.tasks.humaneval import HumanEvalTask, build_program, entry_point, prompt_code
+from rewards.tasks.humaneval import (
+    HumanEvalTask,
+    build_program,
+    check_source,
+    entry_point,
+    helper_source,
+    prompt_code,
+)
 from rewards.tasks.mbpp import MBPPTask
 from rewards.tasks.mbpp import entry_point as mbpp_entry
 from rewards.types import STATUSES, ScoringOptions
@@ -170,3 +177,26 @@ def test_sandbox_unavailable_is_fail_closed(monkeypatch):
 def test_build_program_rejects_the_bare_stub():
     rec = HE["has_close_elements"]
     assert build_program("", prompt_code(rec["row"]), "has_close_elements") is None
+
+
+def test_check_source_carries_helpers_and_drops_typing_imports_used_only_in_annotations():
+    prompt = ("from typing import List, Tuple\nimport math\nfrom typing import Callable\n\n"
+              "def poly(xs: List[float], x: float) -> float:\n    return sum(xs)\n\n"
+              "def helper(f: Callable) -> Tuple:\n    return isinstance(f, Callable)\n\n"
+              "def entry(xs: List[int]) -> int:\n    \"\"\"doc\"\"\"\n")
+    helpers = helper_source(prompt, "entry")
+    assert "import math" in helpers and "def poly" in helpers and "def entry" not in helpers
+    assert "List" not in helpers.split("def poly")[0]  # used only in annotations: dropped
+    assert "from typing import Callable" in helpers  # used at run time (isinstance): kept
+    source = check_source(prompt, "entry", "def check(candidate):\n    assert candidate([1]) == 1\n")
+    assert source.startswith("from __future__ import annotations\n")
+    scope = {"entry": lambda xs: 1}
+    exec(compile(source, "<check>", "exec"), scope)  # annotations never evaluated: no NameError
+    assert scope["poly"]([1.0, 2.0], 0.0) == 3.0
+    prompt = '"""A module docstring."""\nfrom __future__ import division\ndef entry():\n    pass\n'
+    future = check_source(prompt, "entry", "def check(c):\n    pass\n")
+    assert "division" in future
+    compile(future, "<check>", "exec")  # the prompt's own __future__ import moved to the top
+    for rec in HE.values():  # the fixture rows' checks still compile
+        compile(check_source(prompt_code(rec["row"]), rec["entry_point"],
+                             rec["row"]["reward_model"]["ground_truth"]), "<check>", "exec")
