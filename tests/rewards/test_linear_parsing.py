@@ -30,7 +30,7 @@ import pytest
 
 import rewards
 from rewards import sympycheck
-from rewards.isolation import report_waits
+from rewards.isolation import CallResult, report_waits
 from rewards.tasks import (
     answers,
     bgpo_math,
@@ -285,6 +285,23 @@ def test_the_cap_applies_before_any_task_parses(monkeypatch):
     assert result.extra["truncated_to"] == CAP
     small = rewards.score("spy", "b" * 10, {}, options=ScoringOptions(max_completion_chars=4))
     assert seen[-1] == "bbbb" and small.extra["truncated_to"] == 4
+
+
+def test_code_parsing_runs_in_a_child_and_the_sandbox_gets_the_rest_of_the_deadline(monkeypatch):
+    calls = []
+
+    def fake_run_isolated(spec, *args, deadline_s):
+        calls.append((spec, deadline_s))
+        return CallResult("ok", value=("", None), seconds=3.0)
+
+    monkeypatch.setattr(code_common, "run_isolated", fake_run_isolated)
+    call, left = code_common.isolated("rewards.tasks.humaneval:candidate_program", "x", "", "f",
+                                      options=ScoringOptions(deadline_s=10.0))
+    assert calls == [("rewards.tasks.humaneval:candidate_program", 10.0)]
+    assert call.value == ("", None) and left.deadline_s == 7.0
+    result = rewards.score("humaneval", "def f(): pass", HUMANEVAL_ROW)  # the task goes through it
+    assert calls[-1][0] == "rewards.tasks.humaneval:candidate_program"
+    assert result.status == "no_answer"  # what the fake child said: no code
 
 
 # ---- the scanners give what the regexes they replace give ----
