@@ -3,6 +3,11 @@
 `score(task, completion, item)` is the one entry point every caller uses; it never raises on a
 completion (wrong type, megabytes, NUL bytes): failures come back as a RewardResult status.
 An unknown task or preset is a caller bug and raises ValueError naming it.
+
+The length cap is applied here, once, before any task reads the completion:
+`_score_checked` cuts it to `options.max_completion_chars` (the head is kept, as a length-capped
+generation would have produced it). All parsing after the cut is linear in its length; the
+sympy and math-verify checks run in `rewards.isolation` children under the deadline.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ def _score_checked(task_obj, completion, item, preset: str, options: ScoringOpti
         return RewardResult(0.0, "error", f"item is {type(item).__name__}, not dict")
     truncated = len(completion) > options.max_completion_chars
     if truncated:
-        # Keep the head, as a length-capped generation would have produced it.
+        # Before anything else reads it (the surrogate check below included): every task sees
+        # at most max_completion_chars characters.
         completion = completion[: options.max_completion_chars]
     completion = _encodable(completion)
     try:

@@ -48,7 +48,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 _ALLOWED_PREFIX = "rewards."
-_DEFAULT_PRELOAD = ("rewards.mathcheck", "rewards.sympycheck")
+_DEFAULT_PRELOAD = ("rewards.mathcheck", "rewards.sympycheck", "rewards.tasks.humaneval")
 DEFAULT_QUEUE_WAIT_S = 120.0  # longest a call waits for a free child before it is an error
 _LOCAL = threading.local()  # .clock: where this thread's waits for a child are reported
 

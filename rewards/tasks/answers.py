@@ -1,8 +1,11 @@
 """Answer extraction and string normalisation shared by the tasks.
 
 Everything here is linear in the completion length (completions may be megabytes) and never
-evaluates anything. Math equivalence beyond normalised strings lives in `rewards.mathcheck`,
-run in a child process.
+evaluates anything: the scans use `str.find`, and no regex here has two adjacent runs that can
+match the same character (those backtrack quadratically on a long run before failing), except
+`as_number`'s, which only ever sees strings under a hundred characters.
+`tests/rewards/test_linear_parsing.py` times every extractor on 1 MB inputs. Math equivalence
+beyond normalised strings lives in `rewards.mathcheck`, run in a child process.
 """
 
 from __future__ import annotations
@@ -35,6 +38,25 @@ def last_boxed(text: str) -> str | None:
         else:
             stack.append(match.end())
     return best
+
+
+_BRACE = re.compile(r"[{}]")
+
+
+def group_end(text: str, start: int) -> int:
+    """Index of the `}` that brings the brace count, counted from `start`, back to zero; -1 if
+    none does. The loop both reference graders run over every character from a `\\boxed` on
+    (a `}` before any `{` takes the count below zero, and only a `}` can end the group), here
+    stepping from brace to brace."""
+    depth = 0
+    for match in _BRACE.finditer(text, start):
+        if match.group() == "{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return match.start()
+    return -1
 
 
 def last_tag(text: str, tag: str = "answer") -> str | None:
@@ -71,14 +93,25 @@ def normalise(answer: str) -> str:
     return s
 
 
+MAX_NUMBER_CHARS = 40  # a longer numerator or denominator is not read as a number
+_FRAC = re.compile(r"(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?")
+# No longer string can give a number: `-\frac{a}{b}` with both parts MAX_NUMBER_CHARS long.
+_MAX_AS_NUMBER_CHARS = 2 * MAX_NUMBER_CHARS + len("-\\frac{}{}")
+
+
 def as_number(normalised: str) -> Fraction | None:
     """The exact value of a plain decimal or `a/b` / `\\frac{a}{b}` string, else None."""
     s = normalised
-    frac = re.fullmatch(r"(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?", s)
+    if len(s) > _MAX_AS_NUMBER_CHARS:
+        # Checked first: `_FRAC`'s two digit runs split a long run of digits every way before
+        # failing, quadratic in its length (`\\frac`, 30,000 digits and an `x`: 7 s). Nothing is
+        # lost: the parts would be over MAX_NUMBER_CHARS.
+        return None
+    frac = _FRAC.fullmatch(s)
     if frac:
         s = f"{frac.group(1)}{frac.group(2)}/{frac.group(3)}"
     parts = s.split("/")
-    if len(parts) > 2 or not all(_NUMBER.fullmatch(p) and len(p) <= 40 for p in parts):
+    if len(parts) > 2 or not all(len(p) <= MAX_NUMBER_CHARS and _NUMBER.fullmatch(p) for p in parts):
         return None
     try:
         value = Fraction(parts[0])

@@ -27,6 +27,7 @@ the same reason. Nothing here runs math-verify (that is the `lenient` preset).
 
 from __future__ import annotations
 
+from rewards.tasks.answers import group_end
 from rewards.tasks.hendrycks import strip_string
 
 # Longer answers are not handed to sympy: no GSM8K/MATH gold answer comes close, and the
@@ -45,16 +46,8 @@ def last_boxed_only(text: str) -> str | None:
         start = text.rfind("\\fbox")
         if start < 0:
             return None
-    depth = 0
-    for i in range(start, len(text)):
-        ch = text[i]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-    return None
+    end = group_end(text, start)
+    return text[start:end + 1] if end >= 0 else None
 
 
 def strip_boxed(group: str | None) -> str | None:

@@ -21,20 +21,27 @@ Kept as d1 has them (the golden tests hold us to it):
   with the gold answer; `\\boxed 5` (with a space) reads up to the next `$`.
 
 Everything is linear in the completion: the two format regexes are replaced by equivalent
-scans (the soft one, `re.match` with `.*?` twice, is quadratic on a long first line).
+scans (the soft one, `re.match` with `.*?` twice, is quadratic on a long first line), and d1's
+`split(...)[-1]` / `[0]` by `rpartition` / `partition`, which give the same pieces.
 """
 
 from __future__ import annotations
 
+import re
+
+from rewards.tasks.answers import group_end
 from rewards.tasks.hendrycks import strip_string
 
 # ---- GSM8K terms ----
+
+_BLANKS = re.compile(r"\s*")  # what `\s*` matches, i.e. str.isspace() characters
 
 
 def xml_answer(text: str) -> str:
     """`extract_xml_answer`: after the last `<answer>`, up to the next `</answer>`, stripped;
     the whole text stripped when there is no `<answer>`."""
-    return text.split("<answer>")[-1].split("</answer>")[0].strip()
+    # rpartition/partition give split(...)[-1] / split(...)[0] without building the pieces.
+    return text.rpartition("<answer>")[2].partition("</answer>")[0].strip()
 
 
 def correctness(text: str, gold: str) -> float:
@@ -48,8 +55,10 @@ def integer(text: str) -> float:
 def strict_format(text: str) -> float:
     """0.5 for `re.match(r"^<reasoning>\\n.*?\\n</reasoning>\\n<answer>\\n.*?\\n</answer>\\n$")`
     without DOTALL: one line of reasoning, one line of answer; `$` also allows one final newline."""
+    if text.count("\n") not in (6, 7):  # before splitting: a megabyte of newlines is no list
+        return 0.0
     lines = text.split("\n")
-    if len(lines) not in (7, 8) or any(lines[6:]):
+    if any(lines[6:]):
         return 0.0
     ok = (lines[0], lines[2], lines[3], lines[5]) == ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
     return 0.5 if ok else 0.0
@@ -66,12 +75,12 @@ def soft_format(text: str) -> float:
     dead_lines: set[int] = set()  # ends of lines already known to hold no "</answer>" after k
     pos = text.find("</reasoning>", len(head))
     while pos != -1 and pos + len("</reasoning>") <= first_line_end:
-        j = pos + len("</reasoning>")
-        while j < len(text) and text[j].isspace():  # \s* is greedy; <answer> has no space
-            j += 1
+        j = _BLANKS.match(text, pos + len("</reasoning>")).end()  # greedy; <answer> has no blank
         if text.startswith("<answer>", j):
             k = j + len("<answer>")
-            end = _line_end(text, k)
+            # Not a search per try: every <answer> reached before the first newline shares that
+            # line's end, and at most one run of blanks (the one containing it) gets past it.
+            end = first_line_end if k <= first_line_end else _line_end(text, k)
             if end not in dead_lines:  # a later try on the same line starts further right
                 if text.find("</answer>", k, end) != -1:
                     return 0.5
@@ -94,10 +103,10 @@ def xml_count(text: str) -> float:
         score += 0.125
     if text.count("\n<answer>\n") == 1:
         score += 0.125
-        score -= len(text.split("\n</answer>\n")[-1]) * 0.001
+        score -= len(text.rpartition("\n</answer>\n")[2]) * 0.001
     if text.count("\n</answer>") == 1:
         score += 0.125
-        score -= (len(text.split("\n</answer>")[-1]) - 1) * 0.001
+        score -= (len(text.rpartition("\n</answer>")[2]) - 1) * 0.001
     return score
 
 
@@ -116,21 +125,14 @@ def last_boxed_only(text: str) -> str | None:
     `\\boxed ` anywhere; else the last brace-matched `\\boxed{...}`/`\\fbox{...}` (None when it
     does not close); the whole text when there is neither."""
     if "\\boxed " in text:
-        return "\\boxed " + text.split("\\boxed ")[-1].split("$")[0]
+        return "\\boxed " + text.rpartition("\\boxed ")[2].partition("$")[0]
     start = text.rfind("\\boxed")
     if start < 0:
         start = text.rfind("\\fbox")
         if start < 0:
             return text
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-    return None
+    end = group_end(text, start)
+    return text[start:end + 1] if end >= 0 else None
 
 
 def remove_boxed(s: str) -> str:
@@ -167,7 +169,7 @@ def boxed_in_answer(text: str) -> float:
     else the whole text), plus 1 if that holds a backspace + "oxed", else 0.5."""
     block, reward = text, 0.0
     if "<answer>" in text:
-        block = text.split("<answer>")[1].split("</answer>")[0]
+        block = text.split("<answer>", 2)[1].partition("</answer>")[0]
         reward += 1.0
     reward += 1.0 if "\x08oxed" in block else 0.5  # d1 wrote "\boxed": a backspace, not "\\"
     return reward

@@ -9,7 +9,10 @@ raise (a trailing `\\frac` or `\\sqrt`, two `\\text{ ` units): each caller decid
 means (`bgpo_math` keeps the unnormalised answer, `d1_rules` compares raw strings), as its
 reference does.
 
-Pure string work, linear in the input; nothing is evaluated.
+Pure string work, linear in the input (replace and split only); nothing is evaluated. The one
+non-linear step, `int()` of the two sides of `a/b`, is bounded by Python's own limit on integer
+strings (4300 digits by default since 3.10.7 and 3.11; ValueError beyond, on the reference too),
+so it cannot blow up in the scoring process.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import ast
 import time
 
 from rewards.tasks.base import Task
-from rewards.tasks.code_common import extract_code, failure, score_in_sandbox, try_parse
+from rewards.tasks.code_common import extract_code, failure, isolated, score_in_sandbox, try_parse
 from rewards.types import RewardResult, ScoringOptions
 
 PREAMBLE = "Complete the following python code:\n"
@@ -113,6 +113,13 @@ def build_program(completion_code: str, prompt: str, entry: str) -> str | None:
     return None
 
 
+def candidate_program(completion: str, prompt: str, entry: str) -> tuple[str, str | None]:
+    """The completion's code and the program built from it (None when no arrangement is valid).
+    It parses candidate text, so HumanEvalTask runs it in an isolation child (code_common.isolated)."""
+    code = extract_code(completion, entry)
+    return code, (build_program(code, prompt, entry) if code.strip() else None)
+
+
 def _entry_has_body(program: str, entry: str) -> bool:
     """False if the last definition of `entry` is still the prompt's docstring-only stub."""
     tree = try_parse(program)
@@ -144,10 +151,14 @@ class HumanEvalTask(Task):
             return failure("error", f"malformed humaneval row: {type(e).__name__}: {e}", started)
         if preset not in self.presets:
             return failure("error", f"unknown preset {preset!r} for humaneval", started)
-        code = extract_code(str(completion)[: options.max_completion_chars], entry)
+        call, options = isolated("rewards.tasks.humaneval:candidate_program",
+                                 str(completion)[: options.max_completion_chars], prompt, entry,
+                                 options=options)
+        if call.status != "ok":
+            return failure(call.status, f"reading the code: {call.detail}", started, entry_point=entry)
+        code, program = call.value
         if not code.strip():
             return failure("no_answer", "no code in the completion", started, entry_point=entry)
-        program = build_program(code, prompt, entry)
         if program is None:
             return failure("wrong", f"no valid definition of {entry}() in the completion",
                            started, entry_point=entry)

@@ -13,12 +13,16 @@ import re
 import time
 
 from rewards.tasks.base import Task
-from rewards.tasks.code_common import extract_code, failure, score_in_sandbox
+from rewards.tasks.code_common import failure, isolated, score_in_sandbox
 from rewards.types import RewardResult, ScoringOptions
 
 # The function under test is the first name called in an assert, past wrappers the MBPP tests
 # use around it: `assert not f(..)`, `assert set(f(..)) == ..`, `assert math.isclose(f(..), ..)`.
-_CALLED = re.compile(r"assert\s+(?:not\s+)?\(?\s*(?:math\.isclose\(\s*)?(?:set\(\s*)?"
+# Written `(?:\(\s*)?` where it once read `\(?\s*`: the same matches (the blanks that `\s*` took
+# without a parenthesis are ones the `\s+` before it takes), but no two adjacent runs of blanks,
+# which made a search quadratic in a run of blanks after `assert`. Every run here is followed by
+# something it cannot match, so backtracking costs one step per character.
+_CALLED = re.compile(r"assert\s+(?:not\s+)?(?:\(\s*)?(?:math\.isclose\(\s*)?(?:set\(\s*)?"
                      r"([A-Za-z_]\w*)\s*\(")
 
 
@@ -58,7 +62,11 @@ class MBPPTask(Task):
             return failure("error", f"malformed mbpp row: {type(e).__name__}: {e}", started)
         if preset not in self.presets:
             return failure("error", f"unknown preset {preset!r} for mbpp", started)
-        code = extract_code(str(completion)[: options.max_completion_chars], entry)
+        call, options = isolated("rewards.tasks.code_common:extract_code",
+                                 str(completion)[: options.max_completion_chars], entry, options=options)
+        if call.status != "ok":
+            return failure(call.status, f"reading the code: {call.detail}", started, entry_point=entry)
+        code = call.value
         if not code.strip():
             return failure("no_answer", "no code in the completion", started, entry_point=entry)
         return score_in_sandbox(code, tests, options, entry=entry, started=started,
