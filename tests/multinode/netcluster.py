@@ -216,6 +216,19 @@ class NetCluster:
                 return pid
         raise RuntimeError(f"no raylet runs on host {host} ({self.ns(host)})")
 
+    def kill_host(self, host: int) -> list[int]:
+        """Host loss: SIGKILL every process of this host at once (raylet and workers alike).
+
+        Killing only the raylet is a node loss, but its workers keep serving direct actor calls
+        until they notice, so a short run can finish on a host Ray already counts as lost."""
+        pids = self.pids(host)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
+
     # ---- running things -----------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:

@@ -227,7 +227,7 @@ def test_d_learner_host_loss_stops_with_resume_advice_and_resume_matches(cluster
     latest = tmp_path / "resume" / "checkpoints" / "latest"
     try:
         wait_for(lambda: latest.exists(), 300, "the first checkpoint", proc)
-        cluster.kill_raylet(1)
+        cluster.kill_host(1)
         out = finish(proc)
     finally:
         if proc.poll() is None:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from host_checks import ShmemWatch
 
 from rewards.sandbox import CodeSandbox, SandboxConfig
 from rewards.sandbox.uid_pool import pids_of_uid
@@ -222,8 +223,10 @@ def _live_pool_processes(sandbox: CodeSandbox) -> list[int]:
 def test_hostile_program_is_contained(name, sandbox, host):
     program, expected, tests = _cases(host)[name]
     start = time.monotonic()
-    result = sandbox.run(program, tests, deadline_s=DEADLINE)
+    with ShmemWatch() as memory:
+        result = sandbox.run(program, tests, deadline_s=DEADLINE)
     elapsed = time.monotonic() - start
+    memory.assert_bounded(sandbox.config.memory_bytes)  # a hog may hold up to its run's limit
     assert result.status in expected.split("|"), (result.status, result.detail)
     assert result.passed < result.total
     assert elapsed < DEADLINE + SLACK, f"took {elapsed:.2f}s"

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from host_checks import ShmemWatch
 
 import rewards
 from rewards import sympycheck
@@ -230,6 +231,23 @@ HUGE = [
     ("mbpp", ("bgpo",), MBPP_ROW, F_STRING_BOMB + fill(" "), "timeout", 2),
 ]
 
+# A right answer for each task's row above, scored before and after each huge completion: the
+# verifier must give it the same (positive) score afterwards.
+CORRECT = {
+    "math": "so \\boxed{\\frac{1}{2}}",
+    "gsm8k": "<reasoning>\nhalf\n</reasoning>\n<answer>\n\\boxed{\\frac{1}{2}}\n</answer>\n",
+    "countdown": {"compact": "1+2", None: "<answer>1+2</answer>"},
+    "sudoku": {"compact": SOLUTION, None: f"<answer>{SOLUTION}</answer>"},
+    "humaneval": "```python\n" + humaneval.prompt_code(HUMANEVAL_ROW)
+                 + CODE_ROWS["humaneval"][0]["solution_body"] + "```",
+    "mbpp": "```python\n" + CODE_ROWS["mbpp"][0]["solution"] + "```",
+}
+
+
+def correct_answer(task: str, preset: str) -> str:
+    answer = CORRECT[task]
+    return answer.get(preset, answer[None]) if isinstance(answer, dict) else answer
+
 
 class WaitClock:
     """Adds up the time the isolation pool reports waiting for a free or starting child."""
@@ -250,19 +268,25 @@ class WaitClock:
 def test_score_answers_a_huge_adversarial_completion_within_its_deadline(task, preset, row, completion,
                                                                           status, deadline_s):
     options = ScoringOptions(deadline_s=deadline_s)
+    right = correct_answer(task, preset)
+    before = rewards.score(task, right, row, preset=preset, options=options)
+    if before.status == "sandbox_unavailable":
+        pytest.skip("no code sandbox here")
+    assert before.score > 0, (before.status, before.detail)
     results, waits = [], WaitClock()
     start = time.monotonic()
-    with report_waits(waits):
+    with ShmemWatch() as host, report_waits(waits):
         cpu = cpu_seconds(lambda: results.append(rewards.score(task, completion, row, preset=preset,
                                                                options=options)))
     wall = time.monotonic() - start - waits.waited  # a child's start-up is not the item's time
     result = results[0]
-    if result.status == "sandbox_unavailable":
-        pytest.skip("no code sandbox here")
     assert result.status == status and result.score < 1.0, (result.status, result.detail)
     assert result.extra["truncated_to"] == CAP
     assert wall < deadline_s + 1.0  # a timeout answers at the deadline, plus the child's kill
     assert cpu < CPU_BOUND_S, f"{cpu:.2f}s of CPU in the scoring process"
+    host.assert_bounded()
+    after = rewards.score(task, right, row, preset=preset, options=options)
+    assert (after.score, after.status) == (before.score, before.status), after.detail
 
 
 def test_the_cap_applies_before_any_task_parses(monkeypatch):

@@ -21,6 +21,7 @@ import threading
 import time
 
 import pytest
+from host_checks import SLACK, ShmemWatch, shmem
 
 from rewards.sandbox import CodeSandbox, SandboxConfig, memory
 from rewards.sandbox.launcher import sandbox_argv
@@ -28,7 +29,6 @@ from rewards.sandbox.memory import OPT_OUT_ENV, MemoryCgroups, own_memory_cgroup
 
 CORRECT = ("def f(x):\n    return x + 1\n", ["assert f(1) == 2"])
 MiB, GiB = 1 << 20, 1 << 30
-SLACK = 96 * MiB  # other programs on a shared machine move Shmem a little too
 
 
 def _absent() -> str:
@@ -76,45 +76,6 @@ def loose():
     b.warm.close()
 
 
-def _shmem() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("Shmem:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no Shmem line in /proc/meminfo")
-
-
-class ShmemWatch:
-    """Samples the host's Shmem every 2 ms while a run goes on."""
-
-    def __init__(self) -> None:
-        self.baseline = self.peak = _shmem()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _shmem())
-            time.sleep(0.002)
-
-    def __enter__(self) -> ShmemWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def back_to_baseline(self, timeout_s: float = 5.0) -> bool:
-        """Freed memory leaves asynchronously (the IPC namespace is freed by a kernel worker)."""
-        end = time.monotonic() + timeout_s
-        while _shmem() > self.baseline + SLACK:
-            if time.monotonic() > end:
-                return False
-            time.sleep(0.02)
-        return True
-
-
 def _hog_run(sandbox: CodeSandbox, program: str, deadline_s: float = 10.0):
     """Run a hog under the Shmem watch; check the bounds every hog must keep."""
     limit = sandbox.config.memory_bytes
@@ -126,7 +87,7 @@ def _hog_run(sandbox: CodeSandbox, program: str, deadline_s: float = 10.0):
     assert r.status != "timeout" and wall < deadline_s + 2, (r.status, wall)
     assert watch.peak - watch.baseline <= limit + SLACK, (watch.peak - watch.baseline) >> 20
     assert r.extra["memory_peak_bytes"] <= limit
-    assert watch.back_to_baseline(), (_shmem() - watch.baseline) >> 20
+    assert watch.back_to_baseline(), (shmem() - watch.baseline) >> 20
     after = sandbox.run(*CORRECT, deadline_s=5)
     assert after.status == "ok", after.detail
     return r

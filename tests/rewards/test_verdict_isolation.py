@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import time
 from collections import namedtuple
 from enum import IntEnum
 from pathlib import Path
 
 import pytest
+from host_checks import ShmemWatch
 
 from rewards import code_harness as harness
 from rewards.sandbox import CodeSandbox, SandboxConfig
@@ -66,8 +68,12 @@ def wrong(name: str) -> str:
 
 
 def assert_hack_fails_and_correct_passes(task: str, name: str, hack: str) -> None:
-    bad = score(task, name, hack)
+    start = time.monotonic()
+    with ShmemWatch() as host:
+        bad = score(task, name, hack)
     assert (bad.score, bad.status) == (0.0, "wrong"), (task, name, bad.detail)
+    assert time.monotonic() - start < OPT.deadline_s + 5  # parsing child + sandbox start-up
+    host.assert_bounded()
     good = score(task, name, correct(task, name))
     assert (good.score, good.status) == (1.0, "ok"), (task, name, good.detail)
 
