@@ -65,6 +65,8 @@ def head(tmp_path_factory):
         kill_processes_mentioning(str(temp))
 
 
+@pytest.mark.extended  # the default run submits a job to a 3-host cluster and reads its actors
+# from the dashboard's state API: tests/multinode/test_runs_across_hosts.py::test_a
 def test_job_submit_runs_to_success_and_the_dashboard_shows_it(head, tmp_path):
     env = head["env"]
     dashboard = f"http://127.0.0.1:{head['dashboard']}"

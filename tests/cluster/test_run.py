@@ -46,6 +46,8 @@ def test_short_run_end_to_end(ray_local, tiny_run):
     assert last["accounting/generated"] == last["accounting/trained"] == 2 * 4 * 4
 
 
+@pytest.mark.extended  # the default run checks the same on two rollout hosts, every step:
+# tests/multinode/test_runs_across_hosts.py::test_a (version_min == version_max == step - 1)
 def test_every_rollout_worker_samples_with_the_current_version(ray_local, tiny_run):
     config = tiny_run("versions", "rollout.num_workers=2", "trainer.total_steps=3")
     train(config)
@@ -56,8 +58,11 @@ def test_every_rollout_worker_samples_with_the_current_version(ray_local, tiny_r
         assert record["rollout/staleness_max"] == 0
 
 
-@pytest.mark.parametrize("learners", [(), pytest.param(("learner.num_workers=2", "learner.sharding=fsdp"),
-                                                     marks=pytest.mark.extended)],
+# Without Ray the default run checks the same bookkeeping: tests/cluster/test_loop.py::
+# test_asynchronous_samples_are_one_version_behind_with_their_own_behaviour_terms.
+@pytest.mark.parametrize("learners", [pytest.param((), marks=pytest.mark.extended),
+                                      pytest.param(("learner.num_workers=2", "learner.sharding=fsdp"),
+                                                   marks=pytest.mark.extended)],
                          ids=["replicated", "sharded"])
 def test_async_mode_records_staleness(ray_local, tiny_run, learners):
     config = tiny_run("async", "trainer.max_staleness=1", "trainer.total_steps=3", *learners)

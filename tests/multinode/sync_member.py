@@ -29,6 +29,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -267,23 +268,37 @@ def member_command(role: str, rank: int, world: int, store: str, addr: str, *ext
 
 def run_members(commands: list[list[str]], timeout: float, env: dict[str, str] | None = None) -> list[dict]:
     """Start every member at once, wait for all; their JSON lines in order. Fails (killing the
-    rest) if one exits non-zero or the whole exceeds `timeout`, with each member's stderr tail."""
+    rest) as soon as one exits non-zero, or if the whole exceeds `timeout`, with each member's
+    stderr tail (the members left waiting for a failed peer would otherwise hold on to the end)."""
     env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for c in commands]
-    deadline = time.monotonic() + timeout
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=max(0.1, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired as err:
-        for proc in procs:
-            proc.kill()
-        tails = [proc.communicate()[1][-600:] for proc in procs]
-        raise TimeoutError(f"members did not finish within {timeout:.0f} s: {tails}") from err
-    failed = [(i, p.returncode, o[1][-1500:]) for i, (p, o) in enumerate(zip(procs, outputs, strict=True)) if p.returncode]
+    with tempfile.TemporaryDirectory(prefix="bgpo-members-") as tmp:
+        files = [(open(f"{tmp}/{i}.out", "w+"), open(f"{tmp}/{i}.err", "w+")) for i in range(len(commands))]
+        procs = [subprocess.Popen(c, stdout=out, stderr=err, text=True, env=env)
+                 for c, (out, err) in zip(commands, files, strict=True)]
+        deadline = time.monotonic() + timeout
+        try:
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                if any(p.returncode for p in procs):
+                    break
+                time.sleep(0.05)
+        finally:
+            running = [p.poll() is None for p in procs]
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+        outputs = []
+        for out, err in files:
+            out.seek(0)
+            err.seek(0)
+            outputs.append((out.read(), err.read()))
+            out.close()
+            err.close()
+    failed = [(i, p.returncode, o[1][-1500:]) for i, (p, o, r) in enumerate(zip(procs, outputs, running, strict=True))
+              if p.returncode and not r]
     if failed:
         raise RuntimeError(f"members failed (index, exit status, stderr): {failed}")
+    if any(running):
+        raise TimeoutError(f"members did not finish within {timeout:.0f} s: {[o[1][-600:] for o in outputs]}")
     return [json.loads(o[0].strip().splitlines()[-1]) for o in outputs]
 
 

@@ -40,6 +40,6 @@ def test_broadcast_to_two_hosts_is_bit_identical(netcluster):
 
 def test_hostname_bound_gloo_fails_across_hosts(netcluster):
     with pytest.raises((TimeoutError, RuntimeError)) as failure:
-        run_members(_members(netcluster, 29720, "--default-device", "--timeout=8"), timeout=20,
+        run_members(_members(netcluster, 29720, "--default-device", "--timeout=4"), timeout=10,
                     env=netcluster.env())
     assert "127.0.0.1" in str(failure.value)
