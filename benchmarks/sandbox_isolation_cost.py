@@ -64,30 +64,34 @@ def main() -> None:
                            check=False)
     load_after = os.getloadavg()
     table = []
-    for key in samples["after"]:
-        b, a = samples["before"].get(key, []), samples["after"][key]
-        if not b:
-            continue
+    for key in samples["after"]:  # rows only one tree has (a mode added since) get None
         row = {"job": key[0], "mode": key[1], "workers": key[2]}
-        for name, rows in (("before", b), ("after", a)):
-            row[f"{name}_runs_per_s"] = statistics.median(x["runs_per_s"] for x in rows)
-            row[f"{name}_cpu_ms_per_run"] = statistics.median(x["cpu_ms_per_run"] for x in rows)
+        for name in ("before", "after"):
+            rows = samples[name].get(key, [])
+            row[f"{name}_runs_per_s"] = statistics.median(x["runs_per_s"] for x in rows) if rows else None
+            row[f"{name}_cpu_ms_per_run"] = (statistics.median(x["cpu_ms_per_run"] for x in rows)
+                                             if rows else None)
             row[f"{name}_not_ok"] = sum(x["not_ok"] for x in rows)
-        row["runs_per_s_ratio"] = round(row["after_runs_per_s"] / row["before_runs_per_s"], 3)
-        row["cpu_ms_delta"] = round(row["after_cpu_ms_per_run"] - row["before_cpu_ms_per_run"], 2)
+        both = row["before_runs_per_s"] is not None
+        row["runs_per_s_ratio"] = round(row["after_runs_per_s"] / row["before_runs_per_s"], 3) if both else None
+        row["cpu_ms_delta"] = (round(row["after_cpu_ms_per_run"] - row["before_cpu_ms_per_run"], 2)
+                               if both else None)
         table.append(row)
     print(f"\nbefore = {args.before}, after = {head} (+ uncommitted changes, if any); median of "
           f"{args.rounds} alternating rounds, {args.seconds:g} s per cell; load average "
           f"{load_before[0]:.2f} -> {load_after[0]:.2f} on {os.cpu_count()} cores\n")
     print("| job | mode | workers | runs/s before | runs/s after | after/before | CPU ms/run "
           "before | CPU ms/run after | not ok (b/a) |\n|---|---|---|---|---|---|---|---|---|")
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
     for r in table:
-        print(f"| {r['job']} | {r['mode']} | {r['workers']} | {r['before_runs_per_s']:.1f} | "
-              f"{r['after_runs_per_s']:.1f} | {r['runs_per_s_ratio']:.2f} | "
-              f"{r['before_cpu_ms_per_run']:.2f} | {r['after_cpu_ms_per_run']:.2f} | "
+        print(f"| {r['job']} | {r['mode']} | {r['workers']} | {num(r['before_runs_per_s'], '.1f')} | "
+              f"{num(r['after_runs_per_s'], '.1f')} | {num(r['runs_per_s_ratio'], '.2f')} | "
+              f"{num(r['before_cpu_ms_per_run'], '.2f')} | {num(r['after_cpu_ms_per_run'], '.2f')} | "
               f"{r['before_not_ok']}/{r['after_not_ok']} |")
     goal = next((r for r in table if (r["job"], r["mode"], r["workers"]) == GOAL_ROW), None)
-    if goal:
+    if goal and goal["before_runs_per_s"]:
         print(f"\ngoal row ({GOAL_ROW[0]}, {GOAL_ROW[1]}, {GOAL_ROW[2]} workers): "
               f"{goal['after_runs_per_s']:.1f} runs/s = "
               f"{goal['after_runs_per_s'] / GOAL_RUNS_PER_S:.2f}x the goal of "

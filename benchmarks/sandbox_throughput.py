@@ -5,6 +5,9 @@ Each worker is a thread calling CodeSandbox.run in a loop (the verifier's patter
 - `bwrap+prlimit+uid, prestart`: the default sandbox, which starts the next sandbox while the
   current run goes on (rewards/sandbox/warm.py);
 - `bwrap+prlimit+uid, no prestart`: the same isolation, each sandbox started when its run begins;
+- `bwrap+prlimit+uid, prestart, no memory cgroup` (where the sandbox has one): the default without
+  its per-run memory cgroup, IPC and mount namespaces (rewards/sandbox/memory.py), i.e. what that
+  bound costs;
 - `prlimit only`: the rlimits-only path (what `allow_unsandboxed=True` costs).
 Floor rows bound what any harness could reach here: the bare interpreter (`python -I -S -c pass`,
 no sandbox), the bare sandbox (prlimit + bwrap + fresh uid running /usr/bin/true) and both
@@ -145,6 +148,12 @@ def main() -> None:
     baseline.available()
     modes = [("bwrap+prlimit+uid, prestart", sandboxed, False),
              ("bwrap+prlimit+uid, no prestart", cold, False)]
+    # The same sandbox without its per-run memory cgroup and namespaces (rewards/sandbox/memory.py):
+    # what that bound costs. Only where the sandbox has one (root, cgroup v1).
+    if "memory=cgroup" in reason:
+        no_memcg = CodeSandbox(SandboxConfig(cgroup_root="/nonexistent", allow_no_memory_cgroup=True))
+        if no_memcg.available():
+            modes.append(("bwrap+prlimit+uid, prestart, no memory cgroup", no_memcg, False))
     if not args.no_baseline:
         modes.append(("prlimit only", baseline, True))
     python = pick_interpreter(sandboxed.config)[0]
