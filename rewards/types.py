@@ -43,7 +43,7 @@ class ScoringOptions:
 
     deadline_s: float = 10.0  # wall-clock limit for checking one completion (parsers, sandboxed code)
     allow_unsandboxed: bool = False  # run code without the sandbox when none works (explicit opt-in)
-    # Longer completions are cut to this in `rewards.score` before any task parses them. Parsing
-    # is linear, so this bounds the in-process work: under a second of CPU for HumanEval's
-    # ast.parse of a 200,000-character program in its several arrangements, far less elsewhere.
+    # Longer completions are cut to this in `rewards.score` before any task parses them. Answer
+    # parsing is linear, so this bounds its work; code is parsed in an isolation child under the
+    # deadline (CPython's parser is not linear on every input: rewards/tasks/code_common.py).
     max_completion_chars: int = 200_000
