@@ -2,7 +2,8 @@
 
 `create_app(token)` builds a FastAPI app around one VerifierWorker per preset:
 - `POST /v1/score`  body `{"requests": [{"task", "completion", "item"}], "preset": optional}`;
-  answers `{"results": [RewardResult...]}` in request order.
+  answers `{"results": [RewardResult...]}` in request order. A client that disconnects while
+  its batch is scored cancels it: its items that have not started are dropped.
 - `GET /healthz`    liveness (no token: probes need none, and it reveals no data; no body).
 - `GET /metrics`    Prometheus text from the app's own CollectorRegistry (token required).
 In front of the app, `rewards.http_limits.RequestGuard` decides from the headers alone, before
@@ -24,6 +25,7 @@ refuses to start without a token. It does not do TLS: bind to loopback or put it
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -44,6 +46,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 
 from rewards import PRESETS
 from rewards.http_limits import OPEN_PATH, HeadTimeoutH11Protocol, RequestGuard, check_limits
@@ -52,6 +55,7 @@ from rewards.types import ScoringOptions
 from rewards.verifier import VerifierWorker
 
 TOKEN_ENV = "BGPO_REWARDS_TOKEN"
+DISCONNECT_POLL_S = 0.25  # how often a scoring request checks that its client is still there
 MiB = 1 << 20
 
 
@@ -171,15 +175,25 @@ def create_app(token: str, *, preset: str = "bgpo", max_batch: int = 1024,
         return _AsciiJSONResponse(status_code=422, content={"detail": message, "errors": errors})
 
     @app.post("/v1/score", response_model=ScoreResponse)
-    def score_batch(body: ScoreRequest) -> ScoreResponse:
+    async def score_batch(body: ScoreRequest, request: Request) -> ScoreResponse:
         if len(body.requests) > max_batch:
             raise HTTPException(413, f"batch of {len(body.requests)} over max_batch={max_batch}")
         for i, req in enumerate(body.requests):
             if len(req.completion) > max_completion_chars:
                 raise HTTPException(413, f"requests.{i}.completion: over {max_completion_chars} chars")
-        worker = worker_for(body.preset or preset)
+        # Scoring runs in a worker thread; this coroutine watches the connection meanwhile. A
+        # client that disconnects gives up its items: those not started are dropped, so they
+        # do not take verifier slots from other clients (rewards/scheduler.py).
+        cancel = threading.Event()
+        work = asyncio.ensure_future(run_in_threadpool(
+            lambda: worker_for(body.preset or preset).score_batch(
+                [r.model_dump() for r in body.requests], cancel=cancel)))
+        while not work.done():
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if not work.done() and not cancel.is_set() and await request.is_disconnected():
+                cancel.set()
         try:
-            results = worker.score_batch([r.model_dump() for r in body.requests])
+            results = work.result()
         except ValueError as exc:  # e.g. a task without this preset: the caller's mistake
             raise HTTPException(422, str(exc)) from exc
         for req, result in zip(body.requests, results, strict=True):

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from rewards.service import create_app, main, make_server, resolve_token
+from rewards.types import ScoringOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "rewards"
@@ -146,6 +147,37 @@ def test_metrics(base_url):
     assert 'bgpo_reward_http_requests_total{code="401",path="/v1/score"}' in text
     assert "bgpo_reward_item_seconds_bucket" in text
     assert "bgpo_reward_isolation_idle_alive" in text
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs the code sandbox (bubblewrap)")
+def test_a_client_that_disconnects_gives_up_its_queued_items():
+    """Three code items that sleep past a 3 s deadline on one verifier slot would hold it for 9 s;
+    the client hangs up after 0.7 s, and its batch ends at once: every item `error`, unscored."""
+    rec = json.loads((FIXTURES / "code_rows.json").read_text())["humaneval"][0]
+    sleeper = f"```python\ndef {rec['entry_point']}(*a, **k):\n    import time\n    time.sleep(30)\n```"
+    body = json.dumps({"requests": [{"task": "humaneval", "completion": sleeper, "item": rec["row"]}] * 3})
+    port = free_port()
+    app = create_app(TOKEN, max_concurrency=1, options=ScoringOptions(deadline_s=3.0))
+    server = make_server(app, "127.0.0.1", port, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall((f"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                            f"{body}").encode())
+            time.sleep(0.7)
+        hung_up = time.monotonic()
+        wanted = 'bgpo_reward_items_total{status="error",task="humaneval"} 3.0'
+        while wanted not in (text := httpx.get(f"http://127.0.0.1:{port}/metrics", headers=AUTH).text):
+            assert time.monotonic() - hung_up < 2.5, text[-2000:]  # not after 3 x 3 s
+            time.sleep(0.1)
+        assert 'status="timeout"' not in text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 def test_refuses_to_start_without_token(monkeypatch, tmp_path, capsys):
