@@ -188,7 +188,10 @@ def test_c_a_lost_host_is_replaced_and_the_run_finishes(cluster, tmp_path):
                   f"cluster.controller.resources={on(0)}",
                   "learner.num_cpus=1", f"learner.placement.resources={on(0)}",
                   "rollout.num_workers=3", "rollout.num_cpus=0.25",
-                  "rewards.num_cpus=0.25", f"rewards.placement.resources={on(1)}")
+                  "rewards.num_cpus=0.25", f"rewards.placement.resources={on(1)}",
+                  # A sync caught mid-way by the loss can wait this long for the lost receiver
+                  # (with the base's 60 s this run once stalled 64 s); tiny syncs take ms.
+                  "weight_sync.timeout_s=15")
     try:
         wait_for(lambda: steps(tmp_path / "loss"), 300, "the first step", proc)
         before = actor_hosts(cluster, "loss")
