@@ -130,8 +130,8 @@ def _read(path: str) -> str:
 class RunCgroup:
     """The memory cgroup of one run: created with its limit, read after the run, then removed."""
 
-    def __init__(self, path: str, limit: int, owner: MemoryCgroups) -> None:
-        self.path, self.limit, self.owner = path, limit, owner
+    def __init__(self, path: str, limit: int) -> None:
+        self.path, self.limit = path, limit
         self.procs = os.path.join(path, "cgroup.procs")
         # What the sandbox's first process writes itself to: its single thread alone is the
         # whole process then, and a write to `tasks` skips the global threadgroup lock that
@@ -232,7 +232,7 @@ class MemoryCgroups:
         except OSError:
             os.rmdir(path)
             raise
-        return RunCgroup(path, self.limit, self)
+        return RunCgroup(path, self.limit)
 
     def release(self, cg: RunCgroup) -> None:
         """Remove a run's cgroup once its processes are gone (and any left from before)."""

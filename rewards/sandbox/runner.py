@@ -235,7 +235,7 @@ class CodeSandbox:
         clean = self.pool.release(lease, known_clean=known_clean)
         cgroup, lease.cgroup = lease.cgroup, None
         if cgroup is not None:  # after the sweep: the run's processes are gone
-            cgroup.owner.release(cgroup)
+            self.cgroups.release(cgroup)  # set once by the probe, never replaced after success
         return clean
 
     def _run_unsandboxed(self, job: dict, deadline_s: float, reason: str) -> CodeRunResult:
