@@ -17,6 +17,7 @@ all evaluated before comparing (Python stops at the first false link); tests do 
 from __future__ import annotations
 
 import ast
+import functools
 
 
 class _StrictRewriter(ast.NodeTransformer):
@@ -55,6 +56,7 @@ class _StrictRewriter(ast.NodeTransformer):
     visit_If = visit_While = visit_IfExp = _visit_test_holder
 
 
+@functools.lru_cache(maxsize=4096)  # a row's tests come back for every sample of its group
 def strict_test_source(source: str) -> str:
     """The rewritten test source; unparsable source is returned as is (it fails in the sandbox)."""
     try:
